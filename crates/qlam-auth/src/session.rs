@@ -1,0 +1,381 @@
+//! A session ties the pieces together for one (context, provider): configuration, the store,
+//! and — built lazily, only when the network is really needed — the HTTP client and
+//! discovery. This is the API the `qlam-hpc` binary calls.
+
+use std::cell::OnceCell;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use crate::config::{GrantType, Settings};
+use crate::context::Ctx;
+use crate::discovery::{self, Discovery};
+use crate::error::{Error, ErrorKind, Result};
+use crate::flows::{TokenResponse, device, refresh};
+use crate::http::{HttpClient, with_retries};
+use crate::secret::Secret;
+use crate::store::format::{StoreFile, iso_unix, parse_time};
+use crate::store::single_flight::{self, EnsureOptions, Ensured, Renew, RenewError};
+use crate::store::{LockIdentity, LockOptions, Store, lock};
+
+/// Default `--min-ttl` for `token`, `env` and `exec`.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(300);
+
+/// One (context, provider) and its store.
+pub struct Session {
+    /// The process context.
+    pub ctx: Ctx,
+    /// Resolved configuration.
+    pub settings: Settings,
+    /// The token store.
+    pub store: Store,
+    net: OnceCell<Net>,
+}
+
+struct Net {
+    http: HttpClient,
+    discovery: Discovery,
+}
+
+/// Told about a login's progress; the binary renders these.
+pub trait LoginObserver: device::PollObserver {
+    /// The user must open this URL and enter this code.
+    fn device_authorization(&mut self, auth: &device::DeviceAuthorization);
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Context name.
+    pub context: String,
+    /// Provider name.
+    pub provider: String,
+    /// The grant configured for the provider.
+    pub grant_type: Option<String>,
+    /// The credentials file.
+    pub store_path: String,
+    /// Whether a credentials file exists.
+    pub logged_in: bool,
+    /// `sub` of the ID token.
+    pub subject: Option<String>,
+    /// `email` of the ID token.
+    pub email: Option<String>,
+    /// `name` of the ID token.
+    pub name: Option<String>,
+    /// Access-token expiry (unix seconds).
+    pub access_token_expires_at: Option<f64>,
+    /// Seconds left on the access token.
+    pub access_token_expires_in: Option<i64>,
+    /// Whether the access token is valid now.
+    pub access_token_valid: bool,
+    /// Whether a refresh token is stored.
+    pub has_refresh_token: bool,
+    /// When the user logged in (ISO 8601).
+    pub login_at: Option<String>,
+    /// Seconds since login.
+    pub login_age_seconds: Option<i64>,
+    /// Estimated refresh-token expiry: login + `refresh_token_lifetime` (ISO 8601).
+    pub refresh_token_expires_at_estimate: Option<String>,
+    /// When the last refresh happened.
+    pub last_refresh_at: Option<String>,
+    /// Host of the last refresh.
+    pub last_refresh_host: Option<String>,
+    /// Pid of the last refresh.
+    pub last_refresh_pid: Option<u32>,
+    /// Job of the last refresh.
+    pub last_refresh_job: Option<String>,
+    /// The last recorded failure.
+    pub last_error: Option<String>,
+    /// The configured lock method.
+    pub lock_method: String,
+    /// The store's write generation.
+    pub generation: u64,
+    /// M2M mints this month (M2M providers).
+    pub m2m_mints_this_month: Option<u64>,
+    /// M2M monthly budget.
+    pub m2m_monthly_budget: Option<u64>,
+    /// Whether a token is valid or can be refreshed (exit 0) or a login is needed (41).
+    pub usable: bool,
+}
+
+impl Session {
+    /// A session for `settings`.
+    pub fn new(ctx: Ctx, settings: Settings) -> Session {
+        let store = Store::new(
+            &settings.qsh.credentials_dir,
+            &settings.context,
+            &settings.provider_name,
+            ctx.uid,
+        );
+        Session {
+            ctx,
+            settings,
+            store,
+            net: OnceCell::new(),
+        }
+    }
+
+    /// Lock settings for this process.
+    pub fn lock_options(&self) -> LockOptions {
+        LockOptions {
+            method: self.settings.lock,
+            timeout: self.settings.lock_timeout,
+            node_local_dir: self.ctx.runtime_dir(),
+            lease_ttl: Duration::from_secs(30),
+            identity: LockIdentity {
+                host: self.ctx.hostname.clone(),
+                pid: self.ctx.pid,
+                boot_id: self.ctx.boot_id(),
+                job_id: self.ctx.job_id(),
+            },
+            simulate_ofd_errno: None,
+        }
+    }
+
+    fn net(&self) -> Result<&Net> {
+        if let Some(n) = self.net.get() {
+            return Ok(n);
+        }
+        let base = &self.settings.provider.auth_base_url;
+        let http = HttpClient::new(&self.ctx, &self.settings.http, base)?;
+        let cache_dir = self.store.dir.is_dir().then_some(self.store.dir.as_path());
+        let discovery = discovery::discover(&http, base, cache_dir, self.ctx.now_unix())?;
+        let _ = self.net.set(Net { http, discovery });
+        Ok(self.net.get().expect("just set"))
+    }
+
+    /// The client secret, if configured: literal, `env:VAR`, or a 0600 file.
+    pub fn client_secret(&self) -> Result<Option<Secret>> {
+        let p = &self.settings.provider;
+        if let Some(s) = &p.client_secret {
+            if let Some(var) = s.expose().strip_prefix("env:") {
+                return match self.ctx.var(var) {
+                    Some(v) => Ok(Some(Secret::new(v))),
+                    None => Err(Error::config(format!(
+                        "client_secret refers to ${var}, which is not set"
+                    ))
+                    .with_hint(format!("export {var} in the job's environment"))),
+                };
+            }
+            return Ok(Some(s.clone()));
+        }
+        if let Some(path) = &p.client_secret_file {
+            return read_secret_file(path, self.ctx.uid).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Ensure a token with at least `min_ttl` left (DESIGN §6).
+    pub fn ensure(&self, min_ttl: Duration, force: bool) -> Result<Ensured> {
+        if self.settings.provider.is_m2m() {
+            return Err(Error::config(
+                "client_credentials providers are not supported by this version of qlam-hpc",
+            ));
+        }
+        let opts = EnsureOptions {
+            min_ttl,
+            force,
+            lock: self.lock_options(),
+            failure_window: Duration::from_secs(30),
+        };
+        single_flight::ensure(&self.ctx, &self.store, &Refresher { session: self }, &opts)
+    }
+
+    /// Interactive device login; writes the store and, if none exists, a minimal qsh config.
+    pub fn login_device(&self, observer: &mut dyn LoginObserver) -> Result<StoreFile> {
+        let net = self.net()?;
+        let auth = device::start(&net.http, &net.discovery, &self.settings.provider)?;
+        observer.device_authorization(&auth);
+        let (tokens, sent_at) = device::poll(
+            &net.http,
+            &net.discovery,
+            &self.settings.provider,
+            &auth,
+            observer,
+        )?;
+        let sent = sent_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.save_login(&tokens, sent, "device_code")
+    }
+
+    /// Store the tokens of a fresh login, under the lock.
+    pub fn save_login(
+        &self,
+        tokens: &TokenResponse,
+        sent_at: f64,
+        grant: &str,
+    ) -> Result<StoreFile> {
+        self.store.ensure_dir()?;
+        let _guard = lock::acquire(&self.store.lock_file, &self.lock_options())?;
+        // A broken old file must not stop a new login from replacing it.
+        let prev = self.store.read().ok().flatten();
+        let now = self.ctx.now_unix();
+        let mut file =
+            StoreFile::from_tokens(&self.store.context, tokens, sent_at, now, prev.as_ref());
+        let extra = file.extra.get_or_insert_with(Default::default);
+        let meta = extra.qlam_hpc.get_or_insert_with(Default::default);
+        meta.login_at = Some(iso_unix(now));
+        meta.refreshed_at = None;
+        meta.refreshed_by = None;
+        meta.last_error = None;
+        meta.grant_type = Some(grant.to_string());
+        if prev.is_none() {
+            file.created_at = iso_unix(now);
+        }
+        self.store.write(&file)?;
+        crate::config::write_minimal_qsh_config(&self.settings)?;
+        Ok(file)
+    }
+
+    /// Remove the local credentials. Returns whether there were any.
+    pub fn logout(&self) -> Result<bool> {
+        let _guard = if self.store.lock_file.exists() {
+            Some(lock::acquire(&self.store.lock_file, &self.lock_options())?)
+        } else {
+            None
+        };
+        self.store.remove()
+    }
+
+    /// What `status` shows.
+    pub fn status(&self) -> Result<Status> {
+        let file = self.store.read()?;
+        let now = self.ctx.now_unix();
+        let token = file.as_ref().and_then(StoreFile::token);
+        let meta = file.as_ref().and_then(StoreFile::meta);
+        let ident = token
+            .and_then(|t| t.id_token.as_ref())
+            .and_then(|i| crate::jwt::identity(i.expose()));
+        let expires = file.as_ref().and_then(StoreFile::expires_at_unix);
+        let valid = token.is_some() && expires.is_none_or(|e| e > now);
+        let login_at = meta.and_then(|m| m.login_at.clone());
+        let login_unix = login_at
+            .as_deref()
+            .and_then(parse_time)
+            .map(|t| t.timestamp() as f64);
+        let rt_lifetime = self.settings.provider.refresh_token_lifetime.as_secs_f64();
+        let rt_estimate = login_unix.map(|l| l + rt_lifetime);
+        let has_rt = token.is_some_and(|t| t.refresh_token.is_some());
+        let login_required = meta
+            .and_then(|m| m.last_error.as_ref())
+            .is_some_and(|e| e.kind == "login_required");
+        let rt_alive = rt_estimate.is_none_or(|e| e > now);
+        let usable = valid || (has_rt && !login_required && rt_alive);
+        Ok(Status {
+            context: self.settings.context.clone(),
+            provider: self.settings.provider_name.clone(),
+            grant_type: self
+                .settings
+                .provider
+                .grant_type
+                .map(|g| g.as_str().to_string()),
+            store_path: self.store.file.display().to_string(),
+            logged_in: file.is_some(),
+            subject: ident.as_ref().and_then(|i| i.subject.clone()),
+            email: ident.as_ref().and_then(|i| i.email.clone()),
+            name: ident.as_ref().and_then(|i| i.name.clone()),
+            access_token_expires_at: expires,
+            access_token_expires_in: expires.map(|e| (e - now).round() as i64),
+            access_token_valid: valid,
+            has_refresh_token: has_rt,
+            login_at,
+            login_age_seconds: login_unix.map(|l| (now - l) as i64),
+            refresh_token_expires_at_estimate: rt_estimate.map(iso_unix),
+            last_refresh_at: meta.and_then(|m| m.refreshed_at.clone()),
+            last_refresh_host: meta
+                .and_then(|m| m.refreshed_by.as_ref())
+                .map(|b| b.host.clone()),
+            last_refresh_pid: meta.and_then(|m| m.refreshed_by.as_ref()).map(|b| b.pid),
+            last_refresh_job: meta
+                .and_then(|m| m.refreshed_by.as_ref())
+                .and_then(|b| b.job_id.clone()),
+            last_error: meta
+                .and_then(|m| m.last_error.as_ref())
+                .map(|e| format!("{} ({}, {})", e.message, e.kind, e.at)),
+            lock_method: self.settings.lock.to_string(),
+            generation: file.as_ref().map_or(0, StoreFile::generation),
+            m2m_mints_this_month: None,
+            m2m_monthly_budget: self.settings.provider.m2m_monthly_budget,
+            usable,
+        })
+    }
+
+    /// Whether this process runs inside a batch job (`SLURM_JOB_ID` or `PBS_JOBID`).
+    pub fn in_batch_job(&self) -> bool {
+        self.ctx.job_id().is_some()
+    }
+
+    /// The configured grant, or device code when none is set.
+    pub fn login_grant(&self) -> GrantType {
+        self.settings
+            .provider
+            .grant_type
+            .unwrap_or(GrantType::DeviceCode)
+    }
+}
+
+/// Read a secret from a file that must be private (0600, ours).
+pub fn read_secret_file(path: &std::path::Path, uid: u32) -> Result<Secret> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::config(format!("cannot read secret file {}: {e}", path.display())))?;
+    if meta.mode() & 0o077 != 0 || meta.uid() != uid {
+        return crate::store::fsutil::check_private(path, &meta, uid).map(|_| Secret::default());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read secret file {}: {e}", path.display())))?;
+    Ok(Secret::new(text.trim()))
+}
+
+struct Refresher<'a> {
+    session: &'a Session,
+}
+
+impl Renew for Refresher<'_> {
+    fn renew(
+        &self,
+        current: Option<&StoreFile>,
+    ) -> std::result::Result<(TokenResponse, f64), RenewError> {
+        let s = self.session;
+        let rt = current
+            .and_then(StoreFile::token)
+            .and_then(|t| t.refresh_token.clone())
+            .ok_or_else(|| {
+                RenewError::Other(
+                    Error::auth("the stored login has no refresh token, so it cannot be renewed")
+                        .with_hint("run `qlam-hpc login` on a login node"),
+                )
+            })?;
+        let net = s.net().map_err(RenewError::Other)?;
+        let secret = s.client_secret().map_err(RenewError::Other)?;
+        let deadline = Instant::now() + s.settings.refresh_deadline;
+        let mut sent_at = s.ctx.now_unix();
+        let result = with_retries(deadline, 6, || {
+            sent_at = s.ctx.now_unix();
+            refresh::refresh(
+                &net.http,
+                &net.discovery,
+                &s.settings.provider,
+                secret.as_ref(),
+                &rt,
+            )
+        });
+        match result {
+            Ok(tokens) => Ok((tokens, sent_at)),
+            Err(f) if f.oauth_error() == Some("invalid_grant") => Err(RenewError::Rejected(f)),
+            Err(f) if f.kind() == ErrorKind::Config => {
+                Err(RenewError::Other(f.into_error("refreshing the token")))
+            }
+            Err(f) if f.oauth_error().is_some() => Err(RenewError::Rejected(f)),
+            Err(f) => Err(RenewError::Failed(f)),
+        }
+    }
+
+    fn grant(&self) -> &'static str {
+        "refresh_token"
+    }
+
+    fn can_start_empty(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,122 @@
+//! The command line (DESIGN §4).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Get QLAM OAuth2 tokens to HPC batch jobs safely and fast.
+#[derive(Parser, Debug)]
+#[command(name = "qlam-hpc", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Context to use (default: QLAM_CONTEXT, the qsh config's current_context, or "default").
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) context: Option<String>,
+    /// Provider to use within the context (default: QLAM_PROVIDER or the context's default).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) provider: Option<String>,
+    /// Output format of the result on stdout.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Text)]
+    pub(crate) output: Output,
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Output formats.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// For people.
+    Text,
+    /// One JSON object (per event) per line.
+    Json,
+}
+
+/// Shells for `env`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Shell {
+    /// sh, bash, zsh, ksh
+    Sh,
+    /// csh, tcsh
+    Csh,
+    /// fish
+    Fish,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Log in interactively (device code by default on a terminal without a display).
+    Login {
+        /// Use the device code flow.
+        #[arg(long, conflicts_with = "browser")]
+        device: bool,
+        /// Use the browser flow (authorization code + PKCE).
+        #[arg(long)]
+        browser: bool,
+        /// Do not draw a QR code.
+        #[arg(long)]
+        no_qr: bool,
+        /// Print the URL instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Remove the stored credentials.
+    Logout {
+        /// Revoke the refresh token at the IdP first.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Show the login, the token's expiry, the last refresh and the store.
+    Status,
+    /// Print a valid access token (refreshing first when it has less than --min-ttl left).
+    Token {
+        /// Minimum time the token must stay valid (90s, 15m, 2h, 1d or seconds).
+        #[arg(long, value_name = "D")]
+        min_ttl: Option<String>,
+    },
+    /// Print shell lines exporting QLAM_ACCESS_TOKEN and QLAM_TOKEN_EXPIRES_AT.
+    Env {
+        /// Minimum time the token must stay valid.
+        #[arg(long, value_name = "D")]
+        min_ttl: Option<String>,
+        /// Shell syntax.
+        #[arg(long, value_enum, default_value_t = Shell::Sh)]
+        shell: Shell,
+    },
+    /// Run a command with a token that is kept valid for as long as it runs.
+    Exec {
+        /// Minimum time the token must stay valid.
+        #[arg(long, value_name = "D")]
+        min_ttl: Option<String>,
+        /// The command and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
+    /// Refresh now if due (for a keeper on a login node), or always with --force.
+    Refresh {
+        /// Refresh even if the token is fresh.
+        #[arg(long)]
+        force: bool,
+        /// Refresh when less than this is left.
+        #[arg(long, value_name = "D")]
+        min_ttl: Option<String>,
+    },
+    /// Run the bundled test IdP and a storm of array tasks against it, and report.
+    Demo {
+        /// How many concurrent tasks.
+        #[arg(long, default_value_t = 200)]
+        tasks: usize,
+        /// Keep the demo's store in this directory instead of a temporary one.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}

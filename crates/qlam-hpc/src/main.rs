@@ -1,0 +1,101 @@
+//! The `qlam-hpc` binary: parses the command line, builds the process context, calls
+//! qlam-auth, renders the result and maps errors to DESIGN §8's exit codes. All logic lives
+//! in the library; this crate stays thin.
+
+mod cli;
+mod commands;
+mod demo;
+mod exec;
+mod login;
+mod output;
+
+use clap::Parser;
+use qlam_auth::config::{self, Overrides};
+use qlam_auth::session::Session;
+use qlam_auth::{Ctx, Error, ErrorKind};
+
+use crate::cli::{Cli, Command, Output};
+use crate::output::Printer;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let printer = Printer {
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+        json: cli.output == Output::Json,
+    };
+    let ctx = Ctx::from_process();
+    let code = match run(cli, ctx, &printer) {
+        Ok(code) => code,
+        Err(e) => {
+            printer.error(&e);
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Load the configuration and open the session.
+pub(crate) fn session(cli: &Cli, ctx: Ctx) -> Result<Session, Error> {
+    let overrides = Overrides {
+        context: cli.context.clone(),
+        provider: cli.provider.clone(),
+    };
+    let settings = config::load(&ctx, &overrides)?;
+    Ok(Session::new(ctx, settings))
+}
+
+/// Parse a `--min-ttl` value (usage error, exit 2, when malformed).
+pub(crate) fn parse_min_ttl(
+    flag: Option<&str>,
+    session: &Session,
+) -> Result<std::time::Duration, Error> {
+    match flag {
+        Some(s) => qlam_auth::duration::parse_duration(s)
+            .map_err(|e| Error::new(ErrorKind::Usage, format!("--min-ttl: {e}"))),
+        None => Ok(session
+            .settings
+            .min_ttl
+            .unwrap_or(qlam_auth::session::DEFAULT_MIN_TTL)),
+    }
+}
+
+fn run(cli: Cli, ctx: Ctx, printer: &Printer) -> Result<i32, Error> {
+    match &cli.command {
+        Command::Demo { tasks, dir } => demo::run(*tasks, dir.clone(), printer),
+        Command::Token { min_ttl } => {
+            commands::token(&session(&cli, ctx)?, min_ttl.as_deref(), printer)
+        }
+        Command::Env { min_ttl, shell } => {
+            commands::env(&session(&cli, ctx)?, min_ttl.as_deref(), *shell, printer)
+        }
+        Command::Status => commands::status(&session(&cli, ctx)?, printer),
+        Command::Refresh { force, min_ttl } => {
+            commands::refresh(&session(&cli, ctx)?, *force, min_ttl.as_deref(), printer)
+        }
+        Command::Logout { revoke } => commands::logout(&session(&cli, ctx)?, *revoke, printer),
+        Command::Login {
+            device,
+            browser,
+            no_qr,
+            no_browser,
+        } => {
+            let opts = login::LoginOptions {
+                device: *device,
+                browser: *browser,
+                no_qr: *no_qr,
+                no_browser: *no_browser,
+            };
+            login::run(&session(&cli, ctx)?, &opts, printer)
+        }
+        Command::Exec { min_ttl, command } => {
+            exec::run(&session(&cli, ctx)?, min_ttl.as_deref(), command, printer)
+        }
+    }
+}
