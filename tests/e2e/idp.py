@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -36,6 +37,7 @@ __all__ = [
     "E2E",
     "VENV_PYTHON",
     "STORE_KEYS",
+    "TEMP_FILE_RE",
     "TOKEN_DATA_KEYS",
     "TestIdP",
     "Hpc",
@@ -56,6 +58,10 @@ VENV_PYTHON = REPO / "tests" / ".work" / "venv" / "bin" / "python"
 STORE_KEYS = {"version", "plugin", "context", "created_at", "updated_at", "expires_at", "data", "extra"}
 TOKEN_DATA_KEYS = {"access_token", "token_type", "expires_in", "refresh_token", "id_token", "scope",
                    "created_at"}
+
+DISCOVERY_CACHE_RE = re.compile(r"^qlam-hpc-discovery-[A-Za-z0-9_-]+\.json$")
+# A temp file of fsutil::write_atomic: `.<name>.tmp.<pid>.<8 hex>`.
+TEMP_FILE_RE = re.compile(r"^\.(?P<name>.+)\.tmp\.(?P<pid>\d+)\.[0-9a-f]{8}$")
 
 # Every child process and HTTP call here is bounded.
 HTTP_TIMEOUT = 10.0
@@ -91,7 +97,6 @@ def redact(s: str | bytes | None) -> str:
 
 def store_name(context: str = "default", provider: str = "qlam") -> str:
     """QLAM Core's credentials file name for (context, provider) (DESIGN §5)."""
-    import re
     key = f"oauth_{context}_{provider}"
     prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("._")[:64] or "default"
     return f"cache_{prefix}_{hashlib.sha256(key.encode()).hexdigest()}.json"
@@ -425,11 +430,13 @@ class Hpc:
             time.sleep(wait)
 
     def leftovers(self, allowed: Iterable[str] = ()) -> list[str]:
-        """Files in the credentials dir other than the store, its lock and `allowed` names."""
+        """Files in the credentials dir other than the documented ones: the store, its lock
+        file, the discovery cache (`qlam-hpc-discovery-<fp>.json`) and `allowed` names."""
         keep = {self.store.name, self.lock.name, *allowed}
         if not self.cred_dir.is_dir():
             return []
-        return sorted(n for n in os.listdir(self.cred_dir) if n not in keep)
+        return sorted(n for n in os.listdir(self.cred_dir)
+                      if n not in keep and not DISCOVERY_CACHE_RE.match(n))
 
 
 def qlam_core_load(paths: Iterable[Path]) -> list[str]:

@@ -249,6 +249,12 @@ pub fn ensure(
                 meta.refreshed_by = Some(by(ctx));
                 meta.grant_type = Some(renew.grant().to_string());
                 meta.last_error = None;
+                if !guard.still_held() {
+                    // Our lease lapsed (e.g. the process was stopped); another process may hold
+                    // it now. Writing is still right: these tokens are the newest the IdP issued
+                    // for this refresh token, and the old refresh token is spent.
+                    file.meta_mut().generation = store.read().ok().flatten().map_or(0, |f| f.generation()) + 1;
+                }
                 store.write(&file)?;
                 drop(guard);
                 return Ok(Ensured {
