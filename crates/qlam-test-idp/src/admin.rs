@@ -1,5 +1,26 @@
 //! `/admin/*`: everything [`crate::Idp`] can do, over HTTP, for tests in other processes.
-//! Admin requests are never counted and never meet injected faults.
+//! Admin requests are never counted and never meet injected faults. Bodies may be forms or
+//! JSON objects. Errors answer `{"ok":false,"error":"..."}` with 400 (bad input),
+//! 404 (unknown endpoint, or no such pending user code) or 405 (wrong method).
+//!
+//! | request | body | answer |
+//! |---|---|---|
+//! | `GET /admin/counters` | | [`crate::Counters`] as an object of 14 integers |
+//! | `POST /admin/reset-counters` | | `{"ok":true}` (also clears the request log) |
+//! | `GET /admin/pending` | | `{"user_codes":["BCDF-GHJK",...]}`, oldest first |
+//! | `POST /admin/approve` | `user_code` | `{"ok":true}`; 404 if not pending |
+//! | `POST /admin/deny` | `user_code` | `{"ok":true}`; 404 if not pending |
+//! | `POST /admin/faults` | JSON `{"endpoint":E,"fault":F,"times":N}` | `{"ok":true}` |
+//! | `POST /admin/clear-faults` | | `{"ok":true}` |
+//! | `POST /admin/config` | JSON, any of `access_token_ttl`, `reuse_interval` (seconds), `m2m_quota` (integer or null), `auto_approve` (bool) | `{"ok":true,` + the four settings `}` |
+//! | `POST /admin/revoke-all` | | `{"ok":true}` |
+//! | `POST /admin/introspect` | `token` | `{"active":true\|false}` |
+//! | `GET /admin/requests` | | array of [`crate::RequestRecord`] objects |
+//!
+//! Faults: `E` is `discovery`, `device_authorization` (or `device`), `token`,
+//! `revocation` (or `revoke`) or `any` (the default); `F` is `{"status":503}`,
+//! `{"rate_limit":{"retry_after":1}}`, `{"latency_ms":200}`, `"drop"` or
+//! `"malformed_json"`; `times` absent or null means until cleared.
 
 use std::time::Instant;
 
@@ -17,7 +38,7 @@ pub(crate) fn handle(inner: &Inner, req: &Request) -> Response {
     let post = req.method == "POST";
     let result = match path {
         "counters" if get => Ok(json!(inner.lock().counters.clone())),
-        "requests" if get => Ok(json!(inner.lock().log.clone())),
+        "requests" if get => Ok(json!(inner.lock().log())),
         "pending" if get => {
             Ok(json!({"user_codes": inner.lock().pending_user_codes(Instant::now())}))
         }
@@ -55,7 +76,12 @@ fn ok() -> AdminResult {
     Ok(json!({"ok": true}))
 }
 
+/// Form or JSON parameters; a body that looks like a JSON object is read as JSON whatever
+/// its content type (`curl -d '{...}'` sends a form content type).
 fn params(req: &Request) -> Result<Params, (u16, String)> {
+    if req.body.trim_ascii_start().starts_with(b"{") {
+        return Params::from_json(&req.body).map_err(|e| (400, e));
+    }
     Params::from_body(req).map_err(|e| (400, e))
 }
 

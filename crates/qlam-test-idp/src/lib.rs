@@ -236,7 +236,7 @@ impl Idp {
 
     /// The log of token, device-authorization and revocation requests, in answer order.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.inner.lock().log.clone()
+        self.inner.lock().log()
     }
 }
 

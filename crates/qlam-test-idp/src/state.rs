@@ -7,7 +7,7 @@
 //! later than `reuse_interval` after its first use revokes the family, which makes every
 //! token of that login inactive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -27,6 +27,8 @@ pub(crate) const TEST_USER: &str = "test-user";
 pub(crate) const DEMO_USER: &str = "demo-user";
 /// Scope given when a user flow asks for none.
 pub(crate) const DEFAULT_SCOPE: &str = "openid profile email offline_access";
+/// The request log keeps this many most recent records (long benchmarks).
+const MAX_LOG: usize = 100_000;
 /// Authorization codes live this long.
 const AUTH_CODE_TTL: Duration = Duration::from_secs(600);
 /// Interval enforced when the configuration omits `interval` (RFC 8628 §3.2 default).
@@ -144,7 +146,8 @@ pub(crate) struct State {
     pub(crate) settings: Settings,
     pub(crate) issuer: String,
     pub(crate) counters: Counters,
-    pub(crate) log: Vec<RequestRecord>,
+    log: VecDeque<RequestRecord>,
+    logged: u64,
     pub(crate) faults: FaultQueue,
     next_seq: u64,
     devices: HashMap<String, DeviceGrant>,
@@ -166,7 +169,8 @@ impl State {
             settings,
             issuer,
             counters: Counters::default(),
-            log: Vec::new(),
+            log: VecDeque::new(),
+            logged: 0,
             faults: FaultQueue::default(),
             next_seq: 0,
             devices: HashMap::new(),
@@ -180,16 +184,26 @@ impl State {
         }
     }
 
-    /// Appends a request record, numbering it.
+    /// Appends a request record, numbering it; the oldest go past [`MAX_LOG`].
     pub(crate) fn record(&mut self, mut rec: RequestRecord) {
-        rec.seq = self.log.len() as u64 + 1;
-        self.log.push(rec);
+        self.logged += 1;
+        rec.seq = self.logged;
+        if self.log.len() == MAX_LOG {
+            self.log.pop_front();
+        }
+        self.log.push_back(rec);
+    }
+
+    /// The request log, oldest first.
+    pub(crate) fn log(&self) -> Vec<RequestRecord> {
+        self.log.iter().cloned().collect()
     }
 
     /// Clears counters and the request log.
     pub(crate) fn reset_counters(&mut self) {
         self.counters = Counters::default();
         self.log.clear();
+        self.logged = 0;
     }
 
     // ---- device authorization (RFC 8628) ----

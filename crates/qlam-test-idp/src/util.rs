@@ -70,11 +70,16 @@ impl Params {
                     .collect(),
             });
         }
-        if req.body.iter().all(u8::is_ascii_whitespace) {
+        Params::from_json(&req.body)
+    }
+
+    /// Parses a JSON object body; string, number and boolean values are kept as text.
+    pub(crate) fn from_json(body: &[u8]) -> Result<Params, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Params::default());
         }
         let value: serde_json::Value =
-            serde_json::from_slice(&req.body).map_err(|e| format!("body is not JSON: {e}"))?;
+            serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
         let obj = value
             .as_object()
             .ok_or_else(|| "body must be a JSON object".to_string())?;

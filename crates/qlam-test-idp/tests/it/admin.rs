@@ -21,11 +21,14 @@ fn approve_deny_pending_over_http() {
         &[("user_code", str_of(&d1, "user_code"))],
     );
     assert_eq!((r.status, r.json()), (200, json!({"ok": true})));
-    let r = post_json(
-        &format!("{b}/admin/deny"),
-        &json!({"user_code": d2["user_code"]}),
-    );
-    assert_eq!(r.status, 200);
+    // JSON sent as `curl -d '{...}'` does, with a form content type.
+    let body = json!({"user_code": d2["user_code"]}).to_string();
+    let r = agent()
+        .post(&format!("{b}/admin/deny"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(&body)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     let r = post(
         &format!("{b}/admin/approve"),
         &[("user_code", str_of(&d2, "user_code"))],
