@@ -26,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -43,6 +43,7 @@ __all__ = [
     "Hpc",
     "HerdResult",
     "bin_path",
+    "fp",
     "redact",
     "store_name",
     "idp_factory",
@@ -93,6 +94,14 @@ def redact(s: str | bytes | None) -> str:
         else:
             out.append(word)
     return " ".join(out)[-2000:]
+
+
+def fp(token: str | None) -> str:
+    """A token's fingerprint, safe to show in assertions (pytest prints compared values)."""
+    if token is None:
+        return "<none>"
+    token = token.strip()
+    return f"{token[:3]}#{hashlib.sha256(token.encode()).hexdigest()[:12]}" if token else "<empty>"
 
 
 def store_name(context: str = "default", provider: str = "qlam") -> str:
@@ -235,6 +244,10 @@ class HerdResult:
     errs: list[str]
     wall: float
 
+    def fps(self) -> set[str]:
+        """Fingerprints of the distinct stdout contents."""
+        return {fp(o) for o in self.outs}
+
     def code_counts(self) -> dict[int, int]:
         c: dict[int, int] = {}
         for x in self.codes:
@@ -246,6 +259,13 @@ class HerdResult:
         errs = sorted({redact(e.strip().splitlines()[-1]) for e in self.errs if e.strip()})[:5]
         distinct = len(set(self.outs))
         return f"codes={self.code_counts()} distinct_stdout={distinct} wall={self.wall:.1f}s stderr={errs}"
+
+
+class Run(subprocess.CompletedProcess):
+    """A finished qlam-hpc run whose repr (shown by pytest in failed asserts) hides output."""
+
+    def __repr__(self) -> str:
+        return f"Run({' '.join(map(str, self.args[1:]))!r}, returncode={self.returncode})"
 
 
 class Hpc:
@@ -295,10 +315,11 @@ class Hpc:
     # -- running -----------------------------------------------------------------------
 
     def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
-            check: int | None = None) -> subprocess.CompletedProcess:
+            check: int | None = None) -> Run:
         e = dict(self.env, **(env or {}))
-        p = subprocess.run([self.bin, *args], env=e, stdin=subprocess.DEVNULL,
+        c = subprocess.run([self.bin, *args], env=e, stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=timeout)
+        p = Run(c.args, c.returncode, c.stdout, c.stderr)
         if check is not None:
             assert p.returncode == check, (
                 f"qlam-hpc {' '.join(args)} exited {p.returncode}, expected {check}: "
@@ -406,18 +427,26 @@ class Hpc:
         return doc
 
     def access_token(self) -> str:
+        """The raw stored access token: never put it in an assert; compare `fp()`s."""
         return self.read_store()["extra"]["token_data"]["access_token"]
 
-    def refresh_token(self) -> str | None:
-        return self.read_store()["extra"]["token_data"].get("refresh_token")
+    def access_fp(self) -> str:
+        return fp(self.access_token())
+
+    def refresh_fp(self) -> str:
+        return fp(self.read_store()["extra"]["token_data"].get("refresh_token"))
 
     def generation(self) -> int | None:
         return (self.read_store()["extra"].get("qlam_hpc") or {}).get("generation")
 
     def seconds_left(self) -> float:
-        """Seconds until the stored token expires, from the store's `expires_at`."""
-        exp = self.read_store()["expires_at"]
-        return datetime.fromisoformat(exp.replace("Z", "+00:00")).timestamp() - time.time()
+        """Seconds until the stored token expires, precisely: `token_data.created_at` plus
+        `expires_in` (the top-level `expires_at` is QLAM Core's, truncated to the minute)."""
+        td = self.read_store()["extra"]["token_data"]
+        created = datetime.fromisoformat(td["created_at"].replace("Z", "+00:00"))
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=timezone.utc)
+        return created.timestamp() + float(td["expires_in"]) - time.time()
 
     def wait_until_refresh_due(self, *, margin: float = 0.5, limit: float = 120) -> None:
         """Sleep until less than half the IdP's last `expires_in` is left on the token,
@@ -428,6 +457,17 @@ class Hpc:
         assert wait < limit, f"refresh due only in {wait:.0f}s"
         if wait > 0:
             time.sleep(wait)
+
+    def wait_until_expired(self, *, margin: float = 0.3, limit: float = 120) -> None:
+        """Sleep until the stored access token has expired (no still-valid token to serve)."""
+        wait = self.seconds_left() + margin
+        assert wait < limit, f"token expires only in {wait:.0f}s"
+        if wait > 0:
+            time.sleep(wait)
+
+    def stored_refresh_token(self) -> str | None:
+        """The raw stored refresh token: never put it in an assert."""
+        return self.read_store()["extra"]["token_data"].get("refresh_token")
 
     def leftovers(self, allowed: Iterable[str] = ()) -> list[str]:
         """Files in the credentials dir other than the documented ones: the store, its lock

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from idp import Hpc, TestIdP, hpc_factory, idp_factory  # noqa: F401  (fixtures)
+from idp import Hpc, TestIdP, fp, hpc_factory, idp_factory  # noqa: F401  (fixtures)
 
 HERD = 300
 LOGIN_TTL = 8      # the login's access token: a refresh is due LOGIN_TTL/2 s later
@@ -34,30 +34,31 @@ def logged_in_due(idp_factory, hpc_factory) -> tuple[TestIdP, Hpc]:
 
 def test_herd_refreshes_once(idp_factory, hpc_factory):
     idp, hpc = logged_in_due(idp_factory, hpc_factory)
-    before = hpc.access_token()
+    before = hpc.access_fp()
     gen_before = hpc.generation()
     idp.reset_counters()
 
     r = hpc.herd(HERD, "token", "--min-ttl", "2m")
 
     assert r.codes == [0] * HERD, r.summary()
-    tokens = {o.strip() for o in r.outs}
+    tokens = r.fps()
     assert len(tokens) == 1, f"{len(tokens)} distinct tokens: {r.summary()}"
     assert all(o.endswith("\n") and o.count("\n") == 1 for o in r.outs), "stdout is not one line"
     (token,) = tokens
     assert token != before, "the herd did not refresh a token that was due"
-    assert token == hpc.access_token(), "printed token differs from the stored one"
+    assert token == hpc.access_fp(), "printed token differs from the stored one"
     c = idp.counters()
     assert c["refresh_requests"] == 1, f"IdP counters {c}"
     assert c["refresh_ok"] == 1 and c["families_revoked"] == 0, f"IdP counters {c}"
-    assert idp.introspect(token), "the herd's token is not active at the IdP"
+    active = idp.introspect(r.outs[0].strip())
+    assert active, "the herd's token is not active at the IdP"
     doc = hpc.check_store()
     if gen_before is not None:
         assert doc["extra"]["qlam_hpc"]["generation"] == gen_before + 1, "more than one store write"
 
     # The login is still alive: a forced refresh spends the rotated refresh token.
     hpc.run("refresh", "--force", check=0)
-    assert hpc.access_token() != token
+    assert hpc.access_fp() != token, "refresh --force did not change the token"
     c = idp.counters()
     assert c["refresh_ok"] == 2 and c["families_revoked"] == 0, f"IdP counters {c}"
     hpc.check_store()
@@ -66,7 +67,10 @@ def test_herd_refreshes_once(idp_factory, hpc_factory):
 
 def test_herd_rejected_refresh_token(idp_factory, hpc_factory):
     idp, hpc = logged_in_due(idp_factory, hpc_factory)
-    rt_before = hpc.refresh_token()
+    # With the access token expired there is nothing left to serve: every process must
+    # report the rejected login (qlam-hpc serves a still-valid token with a warning).
+    hpc.wait_until_expired()
+    rt_before = hpc.refresh_fp()
     idp.revoke_all()
     idp.reset_counters()
 
@@ -78,7 +82,7 @@ def test_herd_rejected_refresh_token(idp_factory, hpc_factory):
     assert 1 <= c["refresh_requests"] <= 3, f"IdP counters {c}"
     assert hpc.store.is_file(), "the store file was deleted on invalid_grant"
     doc = hpc.check_store()
-    assert doc["extra"]["token_data"]["refresh_token"] == rt_before
+    assert fp(doc["extra"]["token_data"]["refresh_token"]) == rt_before, "refresh token changed"
     assert (doc["extra"].get("qlam_hpc") or {}).get("last_error"), "no last_error recorded"
     st = hpc.run("status")
     assert st.returncode == 41, f"status after rejection exited {st.returncode}"
@@ -86,7 +90,8 @@ def test_herd_rejected_refresh_token(idp_factory, hpc_factory):
 
 def test_herd_idp_outage(idp_factory, hpc_factory):
     idp, hpc = logged_in_due(idp_factory, hpc_factory)
-    rt_before = hpc.refresh_token()
+    hpc.wait_until_expired()  # else a still-valid token is served (exit 0), as it should be
+    rt_before = hpc.refresh_fp()
     idp.fault({"status": 503})  # until cleared
     idp.reset_counters()
 
@@ -95,14 +100,16 @@ def test_herd_idp_outage(idp_factory, hpc_factory):
     assert set(r.codes) <= {50, 11}, r.summary()
     assert all(o == "" for o in r.outs), "a failing `token` printed something on stdout"
     c = idp.counters()
-    calls = max(c.get("token_requests", 0), c.get("faults_injected", 0) + c.get("refresh_requests", 0))
+    calls = c["token_requests"]  # faulted requests included
     assert 1 <= calls <= 10, f"an outage cost the IdP {calls} requests: {c}"
     doc = hpc.check_store()
-    assert doc["extra"]["token_data"]["refresh_token"] == rt_before, "outage changed the refresh token"
+    assert fp(doc["extra"]["token_data"]["refresh_token"]) == rt_before, "outage changed the refresh token"
 
-    # After the outage the login still works.
+    # The login survived the outage: its refresh token is unspent and its family alive.
     idp.clear_faults()
-    hpc.run("refresh", "--force", check=0)
-    hpc.check_store()
+    alive = idp.introspect(hpc.stored_refresh_token())
+    assert alive, "the refresh token is no longer redeemable after the outage"
     c = idp.counters()
-    assert c["families_revoked"] == 0, f"IdP counters {c}"
+    assert c["families_revoked"] == 0 and c["refresh_ok"] == 0, f"IdP counters {c}"
+    st = hpc.run("status")
+    assert st.returncode == 0, f"status after the outage exited {st.returncode}"

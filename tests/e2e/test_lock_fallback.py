@@ -123,14 +123,14 @@ def _login_due(idp_factory, hpc_factory, lockfs):
 def test_herd_on_lockless_mount_uses_lease(idp_factory, hpc_factory, lockfs):
     idp, hpc = _login_due(idp_factory, hpc_factory, lockfs)
     assert str(hpc.store).startswith(str(lockfs.mnt))
-    before = hpc.access_token()
+    before = hpc.access_fp()
     idp.reset_counters()
     refused_before = len(lockfs.refusals())
 
     r = hpc.herd(HERD, "token", "--min-ttl", "2m", env={"QLAM_LOCK": "auto"})
 
     assert r.codes == [0] * HERD, r.summary()
-    tokens = {o.strip() for o in r.outs}
+    tokens = r.fps()
     assert len(tokens) == 1, f"{len(tokens)} distinct tokens: {r.summary()}"
     assert tokens != {before}, "the herd did not refresh"
     c = idp.counters()
@@ -138,8 +138,8 @@ def test_herd_on_lockless_mount_uses_lease(idp_factory, hpc_factory, lockfs):
     assert c["families_revoked"] == 0, f"IdP counters {c}"
     assert len(lockfs.refusals()) > refused_before, "qlam-hpc never tried a file lock on the mount"
     hpc.check_store()
-    tmp = [n for n in hpc.leftovers() if n.endswith(".tmp") or ".tmp." in n]
-    assert not tmp, f"temp files left: {tmp}"
+    # The lease file (`<lock file>.lease`) exists only while held; nothing else is left.
+    assert hpc.leftovers() == [], f"files left in the credentials dir: {hpc.leftovers()}"
     # The lease is released: the next forced refresh does not wait for it to expire.
     t0 = time.monotonic()
     hpc.run("refresh", "--force", check=0, timeout=60)
