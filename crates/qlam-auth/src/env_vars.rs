@@ -27,6 +27,8 @@ impl EnvVars {
     pub const QLAM_PRIVATE_KEY_ALG: &'static str = "QLAM_PRIVATE_KEY_ALG";
     /// private_key_jwt: the key id (`kid`).
     pub const QLAM_KEY_ID: &'static str = "QLAM_KEY_ID";
+    /// Provider field `token_endpoint_auth_method`.
+    pub const QLAM_TOKEN_ENDPOINT_AUTH_METHOD: &'static str = "QLAM_TOKEN_ENDPOINT_AUTH_METHOD";
     /// Provider field `audience`.
     pub const QLAM_AUDIENCE: &'static str = "QLAM_AUDIENCE";
     /// Provider field `scope`.

@@ -329,9 +329,20 @@ fn read_json(mut resp: ureq::http::Response<ureq::Body>) -> std::result::Result<
     }
 }
 
+/// How long to wait before retrying after transient failure `f` on attempt `attempt`
+/// (1-based): `Retry-After` when the IdP sent one, else exponential back-off (0.5 s
+/// doubling, capped at 8 s) with jitter. `None` when the wait would pass `deadline`.
+pub fn backoff(f: &Failure, attempt: u32, deadline: Instant) -> Option<Duration> {
+    let base = Duration::from_millis(500u64 << (attempt.max(1) - 1).min(4));
+    let wait = match f {
+        Failure::RateLimited(Some(ra)) => *ra,
+        _ => base.mul_f64(0.5 + rand::random::<f64>() * 0.5),
+    };
+    (Instant::now() + wait < deadline).then_some(wait)
+}
+
 /// Run `op` until it succeeds, fails permanently, or `deadline` passes; transient failures
-/// are retried with exponential back-off (0.5 s doubling, capped at 8 s) with full jitter,
-/// or after `Retry-After` when the IdP sends one. Returns the last failure at the deadline.
+/// are retried after [`backoff`]. Returns the last failure at the deadline.
 pub fn with_retries<T>(
     deadline: Instant,
     max_attempts: u32,
@@ -343,18 +354,10 @@ pub fn with_retries<T>(
         match op() {
             Ok(v) => return Ok(v),
             Err(f) if !f.is_transient() || attempt >= max_attempts => return Err(f),
-            Err(f) => {
-                let base = Duration::from_millis(500u64 << (attempt - 1).min(4));
-                let wait = match &f {
-                    Failure::RateLimited(Some(ra)) => *ra,
-                    _ => base.mul_f64(0.5 + rand::random::<f64>() * 0.5),
-                };
-                let now = Instant::now();
-                if now + wait >= deadline {
-                    return Err(f);
-                }
-                std::thread::sleep(wait);
-            }
+            Err(f) => match backoff(&f, attempt, deadline) {
+                Some(wait) => std::thread::sleep(wait),
+                None => return Err(f),
+            },
         }
     }
 }

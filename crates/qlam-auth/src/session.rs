@@ -2,7 +2,7 @@
 //! and — built lazily, only when the network is really needed — the HTTP client and
 //! discovery. This is the API the `qlam-hpc` binary calls.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -10,10 +10,13 @@ use crate::config::{GrantType, Settings};
 use crate::context::Ctx;
 use crate::discovery::{self, Discovery};
 use crate::error::{Error, ErrorKind, Result};
+use crate::flows::client_auth::{ClientAuth, SigningKey, parse_alg};
+use crate::flows::client_credentials;
 use crate::flows::{TokenResponse, device, refresh};
-use crate::http::{HttpClient, with_retries};
+use crate::http::{Failure, HttpClient, backoff, with_retries};
 use crate::secret::Secret;
 use crate::store::format::{StoreFile, iso_unix, parse_time};
+use crate::store::ledger::{Ledger, ledger_path};
 use crate::store::single_flight::{self, EnsureOptions, Ensured, Renew, RenewError};
 use crate::store::{LockIdentity, LockOptions, Store, lock};
 
@@ -166,17 +169,23 @@ impl Session {
 
     /// Ensure a token with at least `min_ttl` left (DESIGN §6).
     pub fn ensure(&self, min_ttl: Duration, force: bool) -> Result<Ensured> {
-        if self.settings.provider.is_m2m() {
-            return Err(Error::config(
-                "client_credentials providers are not supported by this version of qlam-hpc",
-            ));
-        }
         let opts = EnsureOptions {
             min_ttl,
             force,
             lock: self.lock_options(),
             failure_window: Duration::from_secs(30),
         };
+        if self.settings.provider.is_m2m() {
+            let minter = Minter {
+                session: self,
+                warning: RefCell::new(None),
+            };
+            let mut ensured = single_flight::ensure(&self.ctx, &self.store, &minter, &opts)?;
+            if ensured.warning.is_none() {
+                ensured.warning = minter.warning.take();
+            }
+            return Ok(ensured);
+        }
         single_flight::ensure(&self.ctx, &self.store, &Refresher { session: self }, &opts)
     }
 
@@ -261,7 +270,8 @@ impl Session {
             .and_then(|m| m.last_error.as_ref())
             .is_some_and(|e| e.kind == "login_required");
         let rt_alive = rt_estimate.is_none_or(|e| e > now);
-        let usable = valid || (has_rt && !login_required && rt_alive);
+        let usable =
+            valid || (has_rt && !login_required && rt_alive) || self.settings.provider.is_m2m();
         Ok(Status {
             context: self.settings.context.clone(),
             provider: self.settings.provider_name.clone(),
@@ -295,7 +305,11 @@ impl Session {
                 .map(|e| format!("{} ({}, {})", e.message, e.kind, e.at)),
             lock_method: self.settings.lock.to_string(),
             generation: file.as_ref().map_or(0, StoreFile::generation),
-            m2m_mints_this_month: None,
+            m2m_mints_this_month: if self.settings.provider.is_m2m() {
+                Some(Ledger::read(&ledger_path(&self.store.file))?.count(now))
+            } else {
+                None
+            },
             m2m_monthly_budget: self.settings.provider.m2m_monthly_budget,
             usable,
         })
@@ -377,5 +391,177 @@ impl Renew for Refresher<'_> {
 
     fn can_start_empty(&self) -> bool {
         false
+    }
+}
+
+impl Session {
+    /// How this client authenticates at the token endpoint (M2M): a private key if one is
+    /// configured, else the secret by the configured method or what discovery offers.
+    pub fn client_auth(&self, disc: &Discovery) -> Result<ClientAuth> {
+        let p = &self.settings.provider;
+        let method = p.token_endpoint_auth_method.as_deref();
+        if let Some(path) = &p.private_key_file {
+            if method.is_some_and(|m| m != "private_key_jwt") {
+                return Err(Error::config(format!(
+                    "token_endpoint_auth_method is {} but private_key_file is set",
+                    method.unwrap_or_default()
+                )));
+            }
+            let alg = parse_alg(p.private_key_alg.as_deref().unwrap_or("RS256"))?;
+            let mut keys = vec![SigningKey::load(path, alg, p.key_id.clone(), self.ctx.uid)?];
+            if let Some((next, next_alg, next_kid)) = &p.private_key_next {
+                let alg = match next_alg {
+                    Some(a) => parse_alg(a)?,
+                    None => alg,
+                };
+                keys.push(SigningKey::load(next, alg, next_kid.clone(), self.ctx.uid)?);
+            }
+            return Ok(ClientAuth::PrivateKeyJwt(keys));
+        }
+        if method == Some("private_key_jwt") {
+            return Err(Error::config("token_endpoint_auth_method is private_key_jwt but no private_key_file is set")
+                .with_hint("set private_key_file (and private_key_alg) in the qlam-hpc config, or QLAM_PRIVATE_KEY_FILE"));
+        }
+        let Some(secret) = self.client_secret()? else {
+            return Err(Error::config(format!(
+                "provider {:?} uses client_credentials but has no client secret or private key",
+                self.settings.provider_name
+            ))
+            .with_hint("set client_secret (e.g. \"env:QLAM_M2M_SECRET\"), client_secret_file or private_key_file"));
+        };
+        let supported = &disc.token_endpoint_auth_methods_supported;
+        let basic = match method {
+            Some("client_secret_basic") => true,
+            Some(_) => false,
+            // RFC 8414: an IdP that lists nothing supports client_secret_basic.
+            None if supported.is_empty() => true,
+            None => {
+                !supported.iter().any(|m| m == "client_secret_post")
+                    && supported.iter().any(|m| m == "client_secret_basic")
+            }
+        };
+        Ok(if basic {
+            ClientAuth::SecretBasic(secret)
+        } else {
+            ClientAuth::SecretPost(secret)
+        })
+    }
+}
+
+/// Mints M2M tokens, counting each in the monthly ledger and refusing past the budget.
+struct Minter<'a> {
+    session: &'a Session,
+    warning: RefCell<Option<String>>,
+}
+
+fn is_assertion_replay(f: &Failure) -> bool {
+    match f {
+        Failure::OAuth {
+            error, description, ..
+        } if error == "invalid_client" => {
+            let d = description
+                .as_deref()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            d.contains("replay") || d.contains("jti")
+        }
+        _ => false,
+    }
+}
+
+impl Renew for Minter<'_> {
+    fn renew(
+        &self,
+        _current: Option<&StoreFile>,
+    ) -> std::result::Result<(TokenResponse, f64), RenewError> {
+        let s = self.session;
+        let p = &s.settings.provider;
+        let ledger = ledger_path(&s.store.file);
+        let now = s.ctx.now_unix();
+        let used = Ledger::read(&ledger).map_err(RenewError::Other)?.count(now);
+        if let Some(budget) = p.m2m_monthly_budget {
+            if used >= budget {
+                return Err(RenewError::Other(
+                    Error::new(
+                        ErrorKind::Budget,
+                        format!("the M2M monthly budget is used up: {used} of {budget} mints this month (UTC)"),
+                    )
+                    .with_hint("cached tokens are still served; raise m2m_monthly_budget or wait for the next month"),
+                ));
+            }
+        }
+        let net = s.net().map_err(RenewError::Other)?;
+        let auth = s.client_auth(&net.discovery).map_err(RenewError::Other)?;
+        let key_count = match &auth {
+            ClientAuth::PrivateKeyJwt(k) => k.len(),
+            _ => 1,
+        };
+        // Count the mint before sending it: a crash may over-count by one, never under-count.
+        Ledger::add(&ledger, now, 1).map_err(RenewError::Other)?;
+        let deadline = Instant::now() + s.settings.refresh_deadline;
+        let (mut attempt, mut key_index, mut replays) = (0u32, 0usize, 0u32);
+        let result = loop {
+            attempt += 1;
+            let sent_at = s.ctx.now_unix();
+            match client_credentials::mint(
+                &net.http,
+                &net.discovery,
+                p,
+                &auth,
+                key_index,
+                sent_at as u64,
+            ) {
+                Ok(t) => break Ok((t, sent_at)),
+                // A rejected assertion replay: the next attempt signs a fresh one.
+                Err(f) if is_assertion_replay(&f) && replays < 3 => replays += 1,
+                // Key rotation: the IdP no longer accepts this key; try the next one.
+                Err(f)
+                    if f.oauth_error() == Some("invalid_client") && key_index + 1 < key_count =>
+                {
+                    key_index += 1
+                }
+                Err(f) if f.is_transient() && attempt < 6 => match backoff(&f, attempt, deadline) {
+                    Some(wait) => std::thread::sleep(wait),
+                    None => break Err(f),
+                },
+                Err(f) => break Err(f),
+            }
+        };
+        match result {
+            Ok((tokens, sent_at)) => {
+                if let Some(budget) = p.m2m_monthly_budget {
+                    let used = used + 1;
+                    if used * 5 >= budget * 4 {
+                        *self.warning.borrow_mut() = Some(format!(
+                            "M2M budget: {used} of {budget} mints used this month (UTC)"
+                        ));
+                    }
+                }
+                Ok((tokens, sent_at))
+            }
+            Err(f) => {
+                // The IdP answered and issued nothing: give the reservation back.
+                if matches!(
+                    f,
+                    Failure::OAuth { .. } | Failure::Status(_) | Failure::RateLimited(_)
+                ) {
+                    let _ = Ledger::add(&ledger, now, -1);
+                }
+                match f.kind() {
+                    ErrorKind::Config | ErrorKind::Auth => {
+                        Err(RenewError::Other(f.into_error("minting a token")))
+                    }
+                    _ => Err(RenewError::Failed(f)),
+                }
+            }
+        }
+    }
+
+    fn grant(&self) -> &'static str {
+        "client_credentials"
+    }
+
+    fn can_start_empty(&self) -> bool {
+        true
     }
 }

@@ -102,6 +102,15 @@ pub struct ProviderFields {
     pub key_id: Option<String>,
     /// The assertion's `aud`, if not the issuer.
     pub assertion_audience: Option<String>,
+    /// A second private key, tried when the first is rejected (key rotation).
+    pub private_key_file_next: Option<PathBuf>,
+    /// Its algorithm (default: `private_key_alg`).
+    pub private_key_alg_next: Option<String>,
+    /// Its `kid`.
+    pub key_id_next: Option<String>,
+    /// `client_secret_post` | `client_secret_basic` | `private_key_jwt` (default: from the key
+    /// or secret configured and the IdP's discovery document).
+    pub token_endpoint_auth_method: Option<String>,
     /// M2M mints allowed per calendar month (UTC).
     pub m2m_monthly_budget: Option<u64>,
     /// Default `--min-ttl`.
@@ -173,6 +182,7 @@ impl ProviderFields {
             private_key_file: s(EnvVars::QLAM_PRIVATE_KEY_FILE).map(PathBuf::from),
             private_key_alg: s(EnvVars::QLAM_PRIVATE_KEY_ALG),
             key_id: s(EnvVars::QLAM_KEY_ID),
+            token_endpoint_auth_method: s(EnvVars::QLAM_TOKEN_ENDPOINT_AUTH_METHOD),
             m2m_monthly_budget: budget,
             min_ttl: s(EnvVars::QLAM_MIN_TTL).map(DurationValue::Text),
             lock: s(EnvVars::QLAM_LOCK),
@@ -214,6 +224,10 @@ pub struct Provider {
     pub key_id: Option<String>,
     /// Assertion audience override.
     pub assertion_audience: Option<String>,
+    /// The rotation key: file, algorithm, kid.
+    pub private_key_next: Option<(PathBuf, Option<String>, Option<String>)>,
+    /// Configured token endpoint authentication method.
+    pub token_endpoint_auth_method: Option<String>,
     /// M2M monthly budget.
     pub m2m_monthly_budget: Option<u64>,
     /// Browser-flow redirect port (18080).
@@ -606,6 +620,24 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
         private_key_alg: fields.private_key_alg.clone(),
         key_id: fields.key_id.clone(),
         assertion_audience: fields.assertion_audience.clone(),
+        private_key_next: fields.private_key_file_next.clone().map(|f| {
+            (
+                f,
+                fields.private_key_alg_next.clone(),
+                fields.key_id_next.clone(),
+            )
+        }),
+        token_endpoint_auth_method: match fields.token_endpoint_auth_method.as_deref() {
+            None => None,
+            Some(m @ ("client_secret_post" | "client_secret_basic" | "private_key_jwt")) => {
+                Some(m.to_string())
+            }
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "token_endpoint_auth_method {other:?} is not one of client_secret_post, client_secret_basic, private_key_jwt"
+                )));
+            }
+        },
         m2m_monthly_budget: fields.m2m_monthly_budget,
         redirect_port: fields.redirect_port.unwrap_or(18080),
         refresh_token_lifetime: dur(&fields.refresh_token_lifetime, "refresh_token_lifetime")?

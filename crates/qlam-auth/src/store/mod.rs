@@ -5,6 +5,7 @@
 
 pub mod format;
 pub mod fsutil;
+pub mod ledger;
 pub mod lock;
 pub mod single_flight;
 

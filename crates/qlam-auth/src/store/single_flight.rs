@@ -253,7 +253,8 @@ pub fn ensure(
                     // Our lease lapsed (e.g. the process was stopped); another process may hold
                     // it now. Writing is still right: these tokens are the newest the IdP issued
                     // for this refresh token, and the old refresh token is spent.
-                    file.meta_mut().generation = store.read().ok().flatten().map_or(0, |f| f.generation()) + 1;
+                    file.meta_mut().generation =
+                        store.read().ok().flatten().map_or(0, |f| f.generation()) + 1;
                 }
                 store.write(&file)?;
                 drop(guard);
