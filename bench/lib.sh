@@ -91,5 +91,5 @@ login_auto() {
 machine_info() {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
         "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)," \
-        "kernel $(uname -r)"
+        "kernel $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }

@@ -33,6 +33,8 @@ build_release
 start_idp --access-ttl "$ACCESS_TTL" --auto-approve --device-interval 1 \
     --client oidc-bench:oidc-bench-secret
 hpc_env "$WORK/env"
+# QLAM Core's device-code provider refuses to load without a tenant (Auth0 organization).
+export QLAM_TENANT=bench-org
 login_auto
 "$HPC" token >/dev/null # warm: the token is valid and cached
 
