@@ -40,6 +40,7 @@ def test_herd_refreshes_once(idp_factory, hpc_factory):
 
     r = hpc.herd(HERD, "token", "--min-ttl", "2m")
 
+    print(f"herd: {r.summary()}")
     assert r.codes == [0] * HERD, r.summary()
     tokens = r.fps()
     assert len(tokens) == 1, f"{len(tokens)} distinct tokens: {r.summary()}"
@@ -79,6 +80,7 @@ def test_herd_rejected_refresh_token(idp_factory, hpc_factory):
     assert r.codes == [41] * HERD, r.summary()
     assert all(o == "" for o in r.outs), "a failing `token` printed something on stdout"
     c = idp.counters()
+    print(f"rejected herd: {r.summary()} idp_refresh_requests={c['refresh_requests']}")
     assert 1 <= c["refresh_requests"] <= 3, f"IdP counters {c}"
     assert hpc.store.is_file(), "the store file was deleted on invalid_grant"
     doc = hpc.check_store()
@@ -101,6 +103,7 @@ def test_herd_idp_outage(idp_factory, hpc_factory):
     assert all(o == "" for o in r.outs), "a failing `token` printed something on stdout"
     c = idp.counters()
     calls = c["token_requests"]  # faulted requests included
+    print(f"outage herd: {r.summary()} idp_token_requests={calls}")
     assert 1 <= calls <= 10, f"an outage cost the IdP {calls} requests: {c}"
     doc = hpc.check_store()
     assert fp(doc["extra"]["token_data"]["refresh_token"]) == rt_before, "outage changed the refresh token"
