@@ -105,7 +105,7 @@ impl Failure {
         let kind = self.kind();
         let hint = match kind {
             ErrorKind::Network => {
-                "check the network, proxy (HTTPS_PROXY) and CA settings, or run `qlam-hpc doctor`"
+                "check the network route to the IdP, the proxy (HTTPS_PROXY, NO_PROXY) and the CA settings (SSL_CERT_FILE, verify_ssl)"
             }
             ErrorKind::IdpServer => "the IdP is having trouble; try again later",
             ErrorKind::Config => {

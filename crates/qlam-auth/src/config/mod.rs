@@ -462,11 +462,18 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
 
     // Merge, lowest precedence first.
     let mut fields = ProviderFields::default();
-    let mut store_lock = None;
-    let mut store_timeout = None;
     let mut named_in_toml = false;
+    // Within one file, [store] is the least specific, then [defaults], then [providers.NAME].
     let layer = |fields: &mut ProviderFields, file: &Option<TomlFile>, named: &mut bool| {
         if let Some(f) = file {
+            if let Some(s) = &f.store {
+                let store_fields = ProviderFields {
+                    lock: s.lock.clone(),
+                    lock_timeout: s.lock_timeout.clone(),
+                    ..ProviderFields::default()
+                };
+                fields.merge_from(&store_fields);
+            }
             if let Some(d) = &f.defaults {
                 fields.merge_from(d);
             }
@@ -483,17 +490,6 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
     layer(&mut fields, &user, &mut named_in_toml);
     let env_fields = ProviderFields::from_env(ctx)?;
     fields.merge_from(&env_fields);
-    for f in [&site, &user].into_iter().flatten() {
-        if let Some(s) = &f.store {
-            if s.lock.is_some() {
-                store_lock = s.lock.clone();
-            }
-            if s.lock_timeout.is_some() {
-                store_timeout = s.lock_timeout.clone();
-            }
-        }
-    }
-
     if explicit_provider.is_some()
         && qsh_fields.is_none()
         && !named_in_toml
@@ -556,7 +552,7 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
     let dur = |v: &Option<DurationValue>, key: &str| -> Result<Option<Duration>> {
         v.as_ref().map(|d| d.resolve(key, origin)).transpose()
     };
-    let lock_str = fields.lock.clone().or(store_lock);
+    let lock_str = fields.lock.clone();
     let lock = match lock_str {
         Some(s) => s
             .parse::<LockMethod>()

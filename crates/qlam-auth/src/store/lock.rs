@@ -32,8 +32,8 @@ const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// Default bound on taking the lock (the configuration's `lock_timeout` default).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
-const TIMEOUT_HINT: &str = "another process may be stuck holding the store lock (`qlam-hpc doctor` \
-     checks the locks); if the store is only busy, raise `lock_timeout`";
+const TIMEOUT_HINT: &str = "another process may be stuck holding the store lock (the message names \
+     the lock file); if the store is only busy, raise `lock_timeout`";
 
 /// Which cross-node lock to use on the shared lock file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -154,7 +154,7 @@ fn error_from_record(rec: &LastError) -> Error {
     match kind_from_name(&rec.kind) {
         ErrorKind::Auth => login_required(msg),
         kind => Error::new(kind, msg).with_hint(
-            "another process just saw this; retry in a little while or run `qlam-hpc doctor`",
+            "another process just saw this; retry in a little while",
         ),
     }
 }
