@@ -5,7 +5,7 @@
 //!
 //! | request | body | answer |
 //! |---|---|---|
-//! | `GET /admin/counters` | | [`crate::Counters`] as an object of 14 integers |
+//! | `GET /admin/counters` | | [`crate::Counters`] as an object of 17 integers |
 //! | `POST /admin/reset-counters` | | `{"ok":true}` (also clears the request log) |
 //! | `GET /admin/pending` | | `{"user_codes":["BCDF-GHJK",...]}`, oldest first |
 //! | `POST /admin/approve` | `user_code` | `{"ok":true}`; 404 if not pending |
@@ -16,6 +16,8 @@
 //! | `POST /admin/revoke-all` | | `{"ok":true}` |
 //! | `POST /admin/introspect` | `token` | `{"active":true\|false}` |
 //! | `GET /admin/requests` | | array of [`crate::RequestRecord`] objects |
+//! | `POST /admin/revoke-client-key` | `client_id`, `kid` | `{"ok":true}`; 404 if the client has no key with that `kid` |
+//! | `POST /admin/reject-assertions` | `count` (integer) | `{"ok":true}`; the next `count` otherwise valid private_key_jwt assertions get 401 `invalid_client` "assertion replay detected" |
 //!
 //! Faults: `E` is `discovery`, `device_authorization` (or `device`), `token`,
 //! `revocation` (or `revoke`) or `any` (the default); `F` is `{"status":503}`,
@@ -58,8 +60,11 @@ pub(crate) fn handle(inner: &Inner, req: &Request) -> Response {
             ok()
         }
         "introspect" if post => introspect(inner, req),
+        "revoke-client-key" if post => revoke_client_key(inner, req),
+        "reject-assertions" if post => reject_assertions(inner, req),
         "counters" | "requests" | "pending" | "reset-counters" | "approve" | "deny" | "faults"
-        | "clear-faults" | "config" | "revoke-all" | "introspect" => {
+        | "clear-faults" | "config" | "revoke-all" | "introspect" | "revoke-client-key"
+        | "reject-assertions" => {
             Err((405, "method not allowed".to_string()))
         }
         _ => Err((404, format!("no admin endpoint {}", req.path))),
@@ -174,4 +179,27 @@ fn introspect(inner: &Inner, req: &Request) -> AdminResult {
         .ok_or((400, "token is required".to_string()))?;
     let active = inner.lock().introspect(Instant::now(), token)["active"] == json!(true);
     Ok(json!({"active": active}))
+}
+
+fn revoke_client_key(inner: &Inner, req: &Request) -> AdminResult {
+    let p = params(req)?;
+    let client_id = p
+        .get("client_id")
+        .ok_or((400, "client_id is required".to_string()))?;
+    let kid = p.get("kid").ok_or((400, "kid is required".to_string()))?;
+    if !inner.keys.has_kid(client_id, kid) {
+        return Err((404, format!("client {client_id:?} has no key with kid {kid:?}")));
+    }
+    inner.lock().assertions.revoke(client_id, kid);
+    ok()
+}
+
+fn reject_assertions(inner: &Inner, req: &Request) -> AdminResult {
+    let p = params(req)?;
+    let count = p
+        .get("count")
+        .and_then(|c| c.parse::<u32>().ok())
+        .ok_or((400, "count must be a non-negative integer".to_string()))?;
+    inner.lock().assertions.reject_next(count);
+    ok()
 }

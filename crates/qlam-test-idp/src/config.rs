@@ -1,6 +1,8 @@
-//! Start-up configuration of the test IdP: lifetimes, registered clients, discovery mode.
+//! Start-up configuration of the test IdP: lifetimes, registered clients (with their
+//! secrets or private_key_jwt public keys), discovery mode.
 
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// Client id of the public client registered by default.
@@ -32,15 +34,110 @@ pub enum DiscoveryMode {
     OAuthOnly,
 }
 
+/// The `client_assertion_type` of private_key_jwt (RFC 7523 §2.2).
+pub const JWT_BEARER_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Signature algorithms accepted for private_key_jwt client assertions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SigningAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    Rs384,
+    /// RSASSA-PSS with SHA-256.
+    Ps256,
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+}
+
+impl SigningAlg {
+    /// Every supported algorithm, in the order discovery lists them.
+    pub const ALL: [SigningAlg; 4] = [
+        SigningAlg::Rs256,
+        SigningAlg::Rs384,
+        SigningAlg::Ps256,
+        SigningAlg::Es256,
+    ];
+
+    /// The JOSE name (`RS256`, `RS384`, `PS256`, `ES256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SigningAlg::Rs256 => "RS256",
+            SigningAlg::Rs384 => "RS384",
+            SigningAlg::Ps256 => "PS256",
+            SigningAlg::Es256 => "ES256",
+        }
+    }
+
+    /// Parses a JOSE name (exact case, as in a JWT header).
+    pub fn from_name(name: &str) -> Option<SigningAlg> {
+        SigningAlg::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+impl fmt::Display for SigningAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for SigningAlg {
+    type Err = String;
+
+    /// Accepts the JOSE name in any case (`rs256` on a command line is fine).
+    fn from_str(s: &str) -> Result<SigningAlg, String> {
+        SigningAlg::from_name(&s.to_ascii_uppercase())
+            .ok_or_else(|| format!("unsupported algorithm {s:?} (RS256, RS384, PS256 or ES256)"))
+    }
+}
+
+/// A public key a client signs private_key_jwt assertions with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientKey {
+    /// The only algorithm this key verifies.
+    pub alg: SigningAlg,
+    /// Key id; an assertion whose header names a `kid` is checked against the keys with
+    /// that id. Needed to address the key in [`crate::Idp::revoke_client_key`].
+    pub kid: Option<String>,
+    /// The public key in PEM: SPKI (`PUBLIC KEY`), or PKCS#1 (`RSA PUBLIC KEY`) for RSA.
+    /// ES256 keys must be on P-256. Checked by [`crate::Idp::start`].
+    pub public_key_pem: String,
+}
+
+impl ClientKey {
+    /// A key without a `kid`.
+    pub fn new(alg: SigningAlg, public_key_pem: impl Into<String>) -> ClientKey {
+        ClientKey {
+            alg,
+            kid: None,
+            public_key_pem: public_key_pem.into(),
+        }
+    }
+
+    /// The same key with a `kid`.
+    pub fn with_kid(mut self, kid: impl Into<String>) -> ClientKey {
+        self.kid = Some(kid.into());
+        self
+    }
+}
+
 /// A registered client.
+///
+/// How it must authenticate at the token, device-authorization and revocation endpoints
+/// follows from what it has: neither a secret nor keys, a public client (`none`); a secret,
+/// `client_secret_post` or `client_secret_basic`; keys, `private_key_jwt`; both, any of those.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientSpec {
     pub client_id: String,
-    /// `None` for a public client (token endpoint auth method `none`).
+    /// `None` for a public client or a private_key_jwt-only one.
     pub client_secret: Option<String>,
     /// Allowed grants by short name (`device_code`, `refresh_token`, `authorization_code`,
     /// `client_credentials`); the device grant's URN is accepted too.
     pub grant_types: Vec<String>,
+    /// Public keys for private_key_jwt (RFC 7523); several for key rotation. Empty: the
+    /// client cannot use private_key_jwt.
+    pub jwks: Vec<ClientKey>,
 }
 
 impl ClientSpec {
@@ -54,6 +151,7 @@ impl ClientSpec {
                 GRANT_REFRESH_TOKEN.into(),
                 GRANT_AUTHORIZATION_CODE.into(),
             ],
+            jwks: Vec::new(),
         }
     }
 
@@ -68,7 +166,33 @@ impl ClientSpec {
                 GRANT_REFRESH_TOKEN.into(),
                 GRANT_AUTHORIZATION_CODE.into(),
             ],
+            jwks: Vec::new(),
         }
+    }
+
+    /// A confidential client without a secret that authenticates with private_key_jwt
+    /// using any of `keys`; allowed every grant, client credentials included.
+    pub fn private_key_jwt(client_id: &str, keys: Vec<ClientKey>) -> ClientSpec {
+        ClientSpec {
+            client_secret: None,
+            jwks: keys,
+            ..ClientSpec::confidential(client_id, "")
+        }
+    }
+
+    /// Adds a private_key_jwt key (and the client-credentials grant, if missing): a public
+    /// client becomes a private_key_jwt one, a confidential one accepts both methods.
+    pub fn with_key(mut self, key: ClientKey) -> ClientSpec {
+        self.jwks.push(key);
+        if !self.allows(GRANT_CLIENT_CREDENTIALS) {
+            self.grant_types.push(GRANT_CLIENT_CREDENTIALS.into());
+        }
+        self
+    }
+
+    /// Whether the client authenticates with nothing but its id.
+    pub fn is_public(&self) -> bool {
+        self.client_secret.is_none() && self.jwks.is_empty()
     }
 
     /// Whether this client may use `grant` (short name or device URN).
@@ -142,7 +266,13 @@ impl fmt::Debug for IdpConfig {
         let clients: Vec<_> = self
             .clients
             .iter()
-            .map(|c| (&c.client_id, c.client_secret.as_ref().map(|_| "<redacted>")))
+            .map(|c| {
+                (
+                    &c.client_id,
+                    c.client_secret.as_ref().map(|_| "<redacted>"),
+                    c.jwks.len(),
+                )
+            })
             .collect();
         f.debug_struct("IdpConfig")
             .field("bind", &self.bind)

@@ -10,6 +10,8 @@ pub(crate) struct OAuthError {
     pub(crate) status: u16,
     pub(crate) error: &'static str,
     pub(crate) description: String,
+    /// Set when the error was injected for a test (the fault's name, for request records).
+    pub(crate) injected: Option<&'static str>,
 }
 
 impl OAuthError {
@@ -19,6 +21,7 @@ impl OAuthError {
             status: 400,
             error,
             description: description.into(),
+            injected: None,
         }
     }
 
@@ -36,7 +39,14 @@ impl OAuthError {
             status: 401,
             error: "invalid_client",
             description: description.into(),
+            injected: None,
         }
+    }
+
+    /// Marks the error as an injected fault named `fault`.
+    pub(crate) fn injected(mut self, fault: &'static str) -> OAuthError {
+        self.injected = Some(fault);
+        self
     }
 
     pub(crate) fn response(&self) -> Response {

@@ -1,6 +1,6 @@
 //! `qlam-test-idp`: a small OAuth2/OIDC identity provider for tests, benchmarks and
-//! `qlam-hpc demo`, with Auth0's endpoint paths and refresh-token rotation with reuse
-//! detection. It binds to loopback only, issues opaque random tokens (`at_…`, `rt_…`),
+//! `qlam-hpc demo`, with Auth0's endpoint paths, refresh-token rotation with reuse
+//! detection, and private_key_jwt client authentication (RFC 7523) with replay detection. It binds to loopback only, issues opaque random tokens (`at_…`, `rt_…`),
 //! counts every request exactly, injects faults on demand, and can be driven in-process
 //! through [`Idp`] or from other processes through the `/admin/*` endpoints.
 //!
@@ -11,6 +11,7 @@
 //! ```
 
 mod admin;
+mod assertion;
 mod client_auth;
 mod config;
 mod error;
@@ -29,8 +30,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use config::{
-    ClientSpec, DEFAULT_CLIENT_ID, DEVICE_GRANT_URN, DiscoveryMode, GRANT_AUTHORIZATION_CODE,
-    GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE, GRANT_REFRESH_TOKEN, IdpConfig, RequestLogger,
+    ClientKey, ClientSpec, DEFAULT_CLIENT_ID, DEVICE_GRANT_URN, DiscoveryMode,
+    GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE, GRANT_REFRESH_TOKEN,
+    IdpConfig, JWT_BEARER_ASSERTION_TYPE, RequestLogger, SigningAlg,
 };
 pub use faults::{Endpoint, Fault};
 pub use record::{Counters, RequestRecord};
@@ -41,11 +43,17 @@ use state::{Settings, State, TEST_USER};
 pub const APPROVING_USER: &str = state::TEST_USER;
 /// User of auto-approved logins ([`IdpConfig::auto_approve`]).
 pub const AUTO_APPROVED_USER: &str = state::DEMO_USER;
+/// How far ahead of the IdP's clock a client assertion's `exp` may be, in seconds.
+pub const ASSERTION_MAX_LIFETIME_SECS: u64 = assertion::MAX_LIFETIME_SECS;
+/// Clock skew tolerated for a client assertion's `iat` and `nbf`, in seconds.
+pub const ASSERTION_CLOCK_SKEW_SECS: u64 = assertion::CLOCK_SKEW_SECS;
 
 /// Shared by the request handlers and the [`Idp`] handle.
 pub(crate) struct Inner {
     state: Mutex<State>,
     clients: Vec<ClientSpec>,
+    /// The clients' private_key_jwt public keys, parsed.
+    keys: assertion::KeyRing,
     discovery: DiscoveryMode,
     base_url: String,
     logger: Option<RequestLogger>,
@@ -112,8 +120,15 @@ fn loopback_addrs(bind: &str) -> io::Result<Vec<SocketAddr>> {
 }
 
 impl Idp {
-    /// Binds `cfg.bind` (loopback only) and starts serving.
+    /// Binds `cfg.bind` (loopback only) and starts serving. A client key that does not
+    /// parse for its algorithm is an `InvalidInput` error.
     pub fn start(cfg: IdpConfig) -> io::Result<Idp> {
+        // Exactly one jsonwebtoken backend is enabled; installing it explicitly keeps
+        // verification working should feature unification ever enable a second one.
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+        );
+        let keys = assertion::KeyRing::new(&cfg.clients)?;
         let listener = TcpListener::bind(&loopback_addrs(&cfg.bind)?[..])?;
         let addr = listener.local_addr()?;
         let base_url = format!("http://{addr}");
@@ -129,6 +144,7 @@ impl Idp {
         let inner = Arc::new(Inner {
             state: Mutex::new(State::new(settings, format!("{base_url}/"))),
             clients: cfg.clients,
+            keys,
             discovery: cfg.discovery,
             base_url,
             logger: cfg.request_logger,
@@ -232,6 +248,24 @@ impl Idp {
     /// Whether an access or refresh token is active (RFC 7662 sense).
     pub fn introspect(&self, token: &str) -> bool {
         self.inner.lock().introspect(Instant::now(), token)["active"] == serde_json::json!(true)
+    }
+
+    /// Revokes the private_key_jwt key `kid` of `client_id`: assertions signed with it are
+    /// rejected (401 `invalid_client`) from now on, while the client's other keys still work.
+    /// False if the client has no key with that `kid`.
+    pub fn revoke_client_key(&self, client_id: &str, kid: &str) -> bool {
+        if !self.inner.keys.has_kid(client_id, kid) {
+            return false;
+        }
+        self.inner.lock().assertions.revoke(client_id, kid);
+        true
+    }
+
+    /// Rejects the next `n` private_key_jwt assertions that would otherwise be accepted with
+    /// 401 `invalid_client` "assertion replay detected" (their `jti` counts as used); each
+    /// counts in [`Counters::faults_injected`]. Replaces any earlier count; 0 cancels.
+    pub fn reject_next_assertions(&self, n: u32) {
+        self.inner.lock().assertions.reject_next(n);
     }
 
     /// The log of token, device-authorization and revocation requests, in answer order.

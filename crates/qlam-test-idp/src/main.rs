@@ -10,7 +10,9 @@ use std::thread;
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use qlam_test_idp::{ClientSpec, DEFAULT_CLIENT_ID, DiscoveryMode, Idp, IdpConfig};
+use qlam_test_idp::{
+    ClientKey, ClientSpec, DEFAULT_CLIENT_ID, DiscoveryMode, Idp, IdpConfig, SigningAlg,
+};
 
 /// A small OAuth2/OIDC identity provider (Auth0's paths) for tests, benchmarks and demos.
 /// Binds to loopback only.
@@ -44,6 +46,13 @@ struct Args {
     /// redefined here.
     #[arg(long = "client", value_name = "ID[:SECRET]")]
     clients: Vec<String>,
+    /// Register a private_key_jwt public key (repeatable; several per client for key
+    /// rotation): ALG is RS256, RS384, PS256 or ES256, the file holds an SPKI or PKCS#1 PEM
+    /// public key, KID is optional. A client not registered with --client becomes one that
+    /// authenticates with private_key_jwt only (every grant, client credentials included);
+    /// a --client one gains the key (and client credentials).
+    #[arg(long = "client-key", value_name = "ID:ALG:PUBKEY_PEM_PATH[:KID]")]
+    client_keys: Vec<String>,
     /// Client-credentials tokens allowed in total; then 429 too_many_requests.
     #[arg(long, value_name = "N")]
     m2m_quota: Option<u64>,
@@ -73,7 +82,7 @@ fn parse_interval(s: &str) -> Result<Interval, String> {
         .map_err(|_| format!("expected seconds or `none`, got {s:?}"))
 }
 
-fn clients(specs: &[String]) -> Vec<ClientSpec> {
+fn clients(specs: &[String], key_specs: &[String]) -> io::Result<Vec<ClientSpec>> {
     let mut clients: Vec<ClientSpec> = specs
         .iter()
         .map(|s| match s.split_once(':') {
@@ -81,10 +90,51 @@ fn clients(specs: &[String]) -> Vec<ClientSpec> {
             None => ClientSpec::public(s),
         })
         .collect();
+    for spec in key_specs {
+        let (id, key) = client_key(spec)?;
+        match clients.iter().position(|c| c.client_id == id) {
+            Some(i) => clients[i] = clients[i].clone().with_key(key),
+            None => clients.push(ClientSpec::private_key_jwt(&id, vec![key])),
+        }
+    }
     if !clients.iter().any(|c| c.client_id == DEFAULT_CLIENT_ID) {
         clients.insert(0, ClientSpec::public(DEFAULT_CLIENT_ID));
     }
-    clients
+    Ok(clients)
+}
+
+/// Parses `ID:ALG:PATH[:KID]` and reads the key file. PATH may itself contain `:` when
+/// no KID follows and the whole remainder names an existing file.
+fn client_key(spec: &str) -> io::Result<(String, ClientKey)> {
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    let mut parts = spec.splitn(3, ':');
+    let (Some(id), Some(alg), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid(format!(
+            "--client-key {spec:?}: expected ID:ALG:PUBKEY_PEM_PATH[:KID]"
+        )));
+    };
+    if id.is_empty() || rest.is_empty() {
+        return Err(invalid(format!(
+            "--client-key {spec:?}: expected ID:ALG:PUBKEY_PEM_PATH[:KID]"
+        )));
+    }
+    let alg: SigningAlg = alg
+        .parse()
+        .map_err(|e| invalid(format!("--client-key {spec:?}: {e}")))?;
+    let (path, kid) = match rest.rsplit_once(':') {
+        Some((path, kid)) if !std::path::Path::new(rest).is_file() && !kid.is_empty() => {
+            (path, Some(kid))
+        }
+        _ => (rest, None),
+    };
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        io::Error::new(e.kind(), format!("--client-key: cannot read {path:?}: {e}"))
+    })?;
+    let mut key = ClientKey::new(alg, pem);
+    if let Some(kid) = kid {
+        key = key.with_kid(kid);
+    }
+    Ok((id.to_string(), key))
 }
 
 fn write_port_file(path: &PathBuf, base_url: &str) -> io::Result<()> {
@@ -127,7 +177,7 @@ fn run(args: Args) -> io::Result<()> {
         device_interval: args.device_interval.0,
         reuse_interval: args.reuse_interval,
         auto_approve: args.auto_approve,
-        clients: clients(&args.clients),
+        clients: clients(&args.clients, &args.client_keys)?,
         discovery: if args.oauth_only_discovery {
             DiscoveryMode::OAuthOnly
         } else {

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 /// Every request to an endpoint is counted, including requests that were rejected or
 /// answered by an injected fault. For the refresh grant,
 /// `refresh_requests == refresh_ok + refresh_rejected + <faults that replaced the answer>`.
+/// Fields missing from a serialized form read as 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Requests for either discovery document (including 404s in the other mode).
     pub discovery: u64,
@@ -38,10 +40,21 @@ pub struct Counters {
     pub authorization_code_requests: u64,
     /// Requests to `/oauth/revoke`.
     pub revocations: u64,
-    /// Faults applied, of any kind.
+    /// Faults applied, of any kind: from the fault queue, and assertions rejected by
+    /// [`crate::Idp::reject_next_assertions`].
     pub faults_injected: u64,
     /// Requests to `/oauth/token`, whatever the grant.
     pub token_requests: u64,
+    /// private_key_jwt client assertions checked, at any endpoint (not those answered by a
+    /// queued fault, nor requests malformed before the check, e.g. without
+    /// `client_assertion_type`).
+    pub client_assertions: u64,
+    /// Of those, the ones rejected, whatever the reason (replays and forced rejections
+    /// included); the rest authenticated their client.
+    pub client_assertions_rejected: u64,
+    /// Assertions rejected because their `jti` had been used before (genuine replays; not
+    /// the rejections forced by [`crate::Idp::reject_next_assertions`]).
+    pub assertion_replays: u64,
 }
 
 /// One request to the token, device-authorization or revocation endpoint.
@@ -57,11 +70,13 @@ pub struct RequestRecord {
     pub params: Vec<String>,
     /// Values of the non-secret parameters present (see [`RequestRecord::PUBLIC_PARAMS`]).
     pub values: BTreeMap<String, String>,
-    /// Client authentication presented: `none`, `post` or `basic`.
+    /// Client authentication presented: `none`, `post` (`client_secret_post`), `basic`
+    /// (`client_secret_basic`) or `private_key_jwt`.
     pub auth_method: String,
     /// Status answered; `None` when the connection was dropped by a fault.
     pub status: Option<u16>,
-    /// The injected fault that applied, if any.
+    /// The injected fault that applied, if any (`reject_assertion` for a rejection forced by
+    /// [`crate::Idp::reject_next_assertions`]).
     pub fault: Option<String>,
 }
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::client_auth::{self, Presented};
 use crate::config::{
     ClientSpec, DEVICE_GRANT_URN, DiscoveryMode, GRANT_AUTHORIZATION_CODE,
-    GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE, GRANT_REFRESH_TOKEN,
+    GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE, GRANT_REFRESH_TOKEN, SigningAlg,
 };
 use crate::error::OAuthError;
 use crate::faults::{Endpoint, Fault};
@@ -159,9 +159,12 @@ fn api_request(inner: &Inner, req: &Request, api: Api) -> (Reply, Option<String>
             Err(e) => OAuthError::invalid_request(e.clone()).response(),
             Ok(p) => match api {
                 Api::Discovery => discovery(inner, req),
-                Api::Device => json_result(device_authorization(inner, req, p)),
-                Api::Token => json_result(token(inner, req, p)),
-                Api::Revoke => revoke(inner, req, p),
+                Api::Device => json_result(&mut record, device_authorization(inner, req, p)),
+                Api::Token => json_result(&mut record, token(inner, req, p)),
+                Api::Revoke => match revoke(inner, req, p) {
+                    Ok(()) => Response::empty(200),
+                    Err(e) => error_response(&mut record, &e),
+                },
                 Api::Introspect => introspect(inner, p),
                 Api::Userinfo => userinfo(inner, req),
                 Api::Jwks => Response::json(200, &json!({"keys": []})),
@@ -199,6 +202,7 @@ fn new_record(
         }
         rec.auth_method = match client_auth::presented(req, p) {
             Ok(pr) => pr.method_name().into(),
+            Err(_) if client_auth::has_assertion(p) => "private_key_jwt".into(),
             Err(_) if req.header("authorization").is_some() => "basic".into(),
             Err(_) => "post".into(),
         };
@@ -216,13 +220,24 @@ fn finish(inner: &Inner, record: Option<RequestRecord>, reply: &Reply) {
     }
 }
 
-fn json_result(r: Result<Value, OAuthError>) -> Response {
+fn json_result(record: &mut Option<RequestRecord>, r: Result<Value, OAuthError>) -> Response {
     match r {
         Ok(body) => Response::json(200, &body)
             .with_header("Cache-Control", "no-store")
             .with_header("Pragma", "no-cache"),
-        Err(e) => e.response(),
+        Err(e) => error_response(record, &e),
     }
+}
+
+/// The answer for an error, noting in the request record when it was an injected one.
+fn error_response(record: &mut Option<RequestRecord>, e: &OAuthError) -> Response {
+    if let (Some(fault), Some(rec)) = (e.injected, record.as_mut()) {
+        rec.fault = Some(match rec.fault.take() {
+            Some(earlier) => format!("{earlier}, {fault}"),
+            None => fault.into(),
+        });
+    }
+    e.response()
 }
 
 fn reject_duplicates(p: &Params) -> Result<(), OAuthError> {
@@ -242,7 +257,7 @@ fn client_for<'a>(
     grant: &str,
 ) -> Result<&'a ClientSpec, OAuthError> {
     let presented = client_auth::presented(req, p)?;
-    let client = client_auth::authenticate(&inner.clients, &presented)?;
+    let client = client_auth::authenticate(inner, &presented)?;
     if !client.allows(grant) {
         return Err(OAuthError::bad(
             "unauthorized_client",
@@ -269,6 +284,13 @@ fn discovery(inner: &Inner, req: &Request) -> Response {
         );
     }
     let b = &inner.base_url;
+    let auth_methods = [
+        "client_secret_post",
+        "client_secret_basic",
+        "private_key_jwt",
+        "none",
+    ];
+    let signing_algs: Vec<&str> = SigningAlg::ALL.iter().map(|a| a.name()).collect();
     let mut doc = json!({
         "issuer": format!("{b}/"),
         "authorization_endpoint": format!("{b}/authorize"),
@@ -282,8 +304,10 @@ fn discovery(inner: &Inner, req: &Request) -> Response {
         ],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": signing_algs,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": signing_algs,
         "introspection_endpoint_auth_methods_supported": ["none"],
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
@@ -368,11 +392,13 @@ fn token_grant(inner: &Inner, req: &Request, p: &Params) -> Result<Value, OAuthE
                 p.get("organization"),
             )
         }
-        GRANT_CLIENT_CREDENTIALS => {
-            inner
-                .lock()
-                .client_credentials(now, id, p.get("scope"), p.get("audience"))
-        }
+        GRANT_CLIENT_CREDENTIALS => inner.lock().client_credentials(
+            now,
+            id,
+            p.get("scope"),
+            p.get("audience"),
+            p.get("organization"),
+        ),
         _ => {
             let code = required("code")?;
             inner
@@ -384,20 +410,16 @@ fn token_grant(inner: &Inner, req: &Request, p: &Params) -> Result<Value, OAuthE
 
 // ---- revocation, introspection, userinfo ----
 
-fn revoke(inner: &Inner, req: &Request, p: &Params) -> Response {
-    let client_id = match client_auth::presented(req, p) {
-        Err(e) => return e.response(),
-        Ok(Presented::None { client_id: None }) => None,
-        Ok(pr) => match client_auth::authenticate(&inner.clients, &pr) {
-            Ok(c) => Some(c.client_id.clone()),
-            Err(e) => return e.response(),
-        },
+fn revoke(inner: &Inner, req: &Request, p: &Params) -> Result<(), OAuthError> {
+    let client_id = match client_auth::presented(req, p)? {
+        Presented::None { client_id: None } => None,
+        pr => Some(client_auth::authenticate(inner, &pr)?.client_id.clone()),
     };
-    let Some(token) = p.get("token") else {
-        return OAuthError::invalid_request("token is required").response();
-    };
+    let token = p
+        .get("token")
+        .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
     inner.lock().revoke(token, client_id.as_deref());
-    Response::empty(200)
+    Ok(())
 }
 
 fn introspect(inner: &Inner, p: &Params) -> Response {

@@ -15,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::assertion::AssertionState;
 use crate::error::OAuthError;
 use crate::faults::FaultQueue;
 use crate::jwt;
@@ -106,6 +107,8 @@ struct AccessToken {
     user: bool,
     scope: String,
     audience: Option<String>,
+    /// Auth0 organization the token was issued for, if any (`org_id` in introspection).
+    organization: Option<String>,
     iat: u64,
     expires_at: Instant,
     exp: u64,
@@ -149,6 +152,9 @@ pub(crate) struct State {
     log: VecDeque<RequestRecord>,
     logged: u64,
     pub(crate) faults: FaultQueue,
+    /// private_key_jwt: used `jti`s, revoked keys, forced rejections (not cleared by
+    /// `reset_counters`).
+    pub(crate) assertions: AssertionState,
     next_seq: u64,
     devices: HashMap<String, DeviceGrant>,
     /// user code → device code, for codes not yet redeemed.
@@ -172,6 +178,7 @@ impl State {
             log: VecDeque::new(),
             logged: 0,
             faults: FaultQueue::default(),
+            assertions: AssertionState::default(),
             next_seq: 0,
             devices: HashMap::new(),
             user_codes: HashMap::new(),
@@ -465,6 +472,7 @@ impl State {
         client_id: &str,
         scope: Option<&str>,
         audience: Option<&str>,
+        organization: Option<&str>,
     ) -> Result<Value, OAuthError> {
         let minted = self.m2m_minted;
         if let Some(quota) = self.settings.m2m_quota.filter(|q| minted >= *q) {
@@ -472,17 +480,21 @@ impl State {
                 status: 429,
                 error: "too_many_requests",
                 description: format!("quota of {quota} client-credentials tokens exhausted"),
+                injected: None,
             });
         }
         self.m2m_minted += 1;
         let sub = format!("{client_id}@clients");
         let (token, ttl) = self.new_access_token(
             now,
-            client_id,
-            &sub,
+            &Subject {
+                client_id,
+                sub: &sub,
+                scope: scope.unwrap_or(""),
+                audience,
+                organization,
+            },
             false,
-            scope.unwrap_or(""),
-            audience,
             None,
         );
         let mut body = json!({
@@ -628,6 +640,9 @@ impl State {
                 if let Some(aud) = &at.audience {
                     v["aud"] = json!(aud);
                 }
+                if let Some(org) = &at.organization {
+                    v["org_id"] = json!(org);
+                }
                 return v;
             }
         } else if let Some(rt) = self.refresh.get(token) {
@@ -662,15 +677,11 @@ impl State {
 
     // ---- minting ----
 
-    #[allow(clippy::too_many_arguments)]
     fn new_access_token(
         &mut self,
         now: Instant,
-        client_id: &str,
-        sub: &str,
+        s: &Subject<'_>,
         user: bool,
-        scope: &str,
-        audience: Option<&str>,
         family: Option<usize>,
     ) -> (String, u64) {
         let ttl = self.settings.access_token_ttl;
@@ -679,11 +690,12 @@ impl State {
         self.access.insert(
             token.clone(),
             AccessToken {
-                client_id: client_id.into(),
-                sub: sub.into(),
+                client_id: s.client_id.into(),
+                sub: s.sub.into(),
                 user,
-                scope: scope.into(),
-                audience: audience.map(Into::into),
+                scope: s.scope.into(),
+                audience: s.audience.map(Into::into),
+                organization: s.organization.map(Into::into),
                 iat,
                 expires_at: now + Duration::from_secs(ttl),
                 exp: iat + ttl,
@@ -714,8 +726,7 @@ impl State {
         } else {
             None
         };
-        let (access_token, ttl) =
-            self.new_access_token(now, s.client_id, s.sub, true, s.scope, s.audience, family);
+        let (access_token, ttl) = self.new_access_token(now, s, true, family);
         let mut body = Map::new();
         body.insert("access_token".into(), json!(access_token));
         if let Some(family) = family {

@@ -559,10 +559,7 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
             .map_err(|e| Error::config(format!("lock: {e}")))?,
         None => LockMethod::Auto,
     };
-    let lock_timeout = dur(
-        &fields.lock_timeout.clone().or(store_timeout),
-        "lock_timeout",
-    )?
+    let lock_timeout = dur(&fields.lock_timeout, "lock_timeout")?
     .unwrap_or(Duration::from_secs(120));
 
     let http_fields = qsh_context

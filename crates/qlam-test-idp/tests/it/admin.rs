@@ -55,7 +55,7 @@ fn counters_requests_and_reset_over_http() {
     assert_eq!(c["device_authorization"], 1);
     assert_eq!(c["device_tokens_issued"], 1);
     assert_eq!(c["token_requests"], 1);
-    assert_eq!(c.as_object().unwrap().len(), 14);
+    assert_eq!(c.as_object().unwrap().len(), 17);
     let reqs = get(&format!("{b}/admin/requests")).json();
     assert_eq!(reqs.as_array().unwrap().len(), 2);
     assert_eq!(reqs[1]["endpoint"], "token");

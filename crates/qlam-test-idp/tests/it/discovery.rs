@@ -24,7 +24,16 @@ fn openid_mode_serves_openid_configuration_only() {
     assert_eq!(d["jwks_uri"], format!("{b}/.well-known/jwks.json"));
     assert_eq!(
         d["token_endpoint_auth_methods_supported"],
-        serde_json::json!(["client_secret_post", "client_secret_basic", "none"])
+        serde_json::json!([
+            "client_secret_post",
+            "client_secret_basic",
+            "private_key_jwt",
+            "none"
+        ])
+    );
+    assert_eq!(
+        d["token_endpoint_auth_signing_alg_values_supported"],
+        serde_json::json!(["RS256", "RS384", "PS256", "ES256"])
     );
     assert_eq!(
         d["code_challenge_methods_supported"],

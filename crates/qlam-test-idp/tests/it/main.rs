@@ -8,6 +8,8 @@ mod concurrency;
 mod device;
 mod discovery;
 mod faults;
+mod keys;
 mod pkce;
+mod private_key_jwt;
 mod refresh;
 mod revocation;
