@@ -64,9 +64,7 @@ pub(crate) fn handle(inner: &Inner, req: &Request) -> Response {
         "reject-assertions" if post => reject_assertions(inner, req),
         "counters" | "requests" | "pending" | "reset-counters" | "approve" | "deny" | "faults"
         | "clear-faults" | "config" | "revoke-all" | "introspect" | "revoke-client-key"
-        | "reject-assertions" => {
-            Err((405, "method not allowed".to_string()))
-        }
+        | "reject-assertions" => Err((405, "method not allowed".to_string())),
         _ => Err((404, format!("no admin endpoint {}", req.path))),
     };
     match result {
@@ -188,7 +186,10 @@ fn revoke_client_key(inner: &Inner, req: &Request) -> AdminResult {
         .ok_or((400, "client_id is required".to_string()))?;
     let kid = p.get("kid").ok_or((400, "kid is required".to_string()))?;
     if !inner.keys.has_kid(client_id, kid) {
-        return Err((404, format!("client {client_id:?} has no key with kid {kid:?}")));
+        return Err((
+            404,
+            format!("client {client_id:?} has no key with kid {kid:?}"),
+        ));
     }
     inner.lock().assertions.revoke(client_id, kid);
     ok()

@@ -129,7 +129,10 @@ fn presented_assertion(req: &Request, params: &Params) -> Result<Presented, OAut
             "more than one client authentication method used",
         ));
     }
-    let assertion = match (params.get("client_assertion_type"), params.get("client_assertion")) {
+    let assertion = match (
+        params.get("client_assertion_type"),
+        params.get("client_assertion"),
+    ) {
         (Some(JWT_BEARER_ASSERTION_TYPE), Some(a)) => a,
         (Some(t), Some(_)) => {
             return Err(OAuthError::invalid_client(format!(
@@ -190,20 +193,22 @@ pub(crate) fn authenticate<'a>(
         (Presented::None { .. }, None) => Err(OAuthError::invalid_client(
             "this client must authenticate with private_key_jwt",
         )),
-        (Presented::None { .. }, Some(_)) if client.jwks.is_empty() => Err(
-            OAuthError::invalid_client(
+        (Presented::None { .. }, Some(_)) if client.jwks.is_empty() => {
+            Err(OAuthError::invalid_client(
                 "this client must authenticate (client_secret_post or client_secret_basic)",
-            ),
-        ),
+            ))
+        }
         (Presented::None { .. }, Some(_)) => Err(OAuthError::invalid_client(
             "this client must authenticate (client_secret_post, client_secret_basic or private_key_jwt)",
         )),
         (Presented::Post { .. } | Presented::Basic { .. }, None) if client.jwks.is_empty() => Err(
             OAuthError::invalid_client("this client is public and has no secret"),
         ),
-        (Presented::Post { .. } | Presented::Basic { .. }, None) => Err(
-            OAuthError::invalid_client("this client has no secret: it authenticates with private_key_jwt"),
-        ),
+        (Presented::Post { .. } | Presented::Basic { .. }, None) => {
+            Err(OAuthError::invalid_client(
+                "this client has no secret: it authenticates with private_key_jwt",
+            ))
+        }
         (Presented::Assertion { .. }, _) => unreachable!("handled above"),
         (Presented::Post { secret, .. } | Presented::Basic { secret, .. }, Some(expected)) => {
             if constant_time_eq(secret.as_bytes(), expected.as_bytes()) {

@@ -4,7 +4,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::Algorithm;
+use qlam_test_idp::JWT_BEARER_ASSERTION_TYPE;
+
 use crate::common::*;
+use crate::keys::{claims_for, keys, sign};
 
 fn spawn(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qlam-test-idp"))
@@ -133,4 +137,95 @@ fn refuses_a_non_loopback_bind() {
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
+
+#[test]
+fn client_keys_from_pem_files() {
+    let k = keys();
+    let key_arg = |spec: &str, path: &std::path::Path, kid: &str| {
+        let (id, alg) = spec.split_once(':').unwrap();
+        let kid = if kid.is_empty() {
+            String::new()
+        } else {
+            format!(":{kid}")
+        };
+        format!("{id}:{alg}:{}{kid}", path.display())
+    };
+    let (mut child, base) = spawn(&[
+        "--exit-on-stdin-close",
+        "--client-key",
+        &key_arg("jwt:RS256", &k.rsa.public_path, "k1"),
+        "--client-key",
+        &key_arg("jwt:es256", &k.ec.public_path, ""),
+        "--client",
+        "both:pw",
+        "--client-key",
+        &key_arg("both:PS256", &k.rsa_pkcs1.public_path, "p"),
+    ]);
+    let issuer = format!("{base}/");
+    let mint = |assertion: &str| {
+        post(
+            &format!("{base}/oauth/token"),
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_BEARER_ASSERTION_TYPE),
+                ("client_assertion", assertion),
+            ],
+        )
+    };
+    let rs = sign(
+        &k.rsa,
+        Algorithm::RS256,
+        Some("k1"),
+        &claims_for(&issuer, "jwt"),
+    );
+    assert_eq!(mint(&rs).status, 200);
+    let es = sign(&k.ec, Algorithm::ES256, None, &claims_for(&issuer, "jwt"));
+    assert_eq!(mint(&es).status, 200);
+    let ps = sign(
+        &k.rsa_pkcs1,
+        Algorithm::PS256,
+        Some("p"),
+        &claims_for(&issuer, "both"),
+    );
+    assert_eq!(mint(&ps).status, 200);
+    let secret = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "both"),
+        ("client_secret", "pw"),
+    ];
+    assert_eq!(post(&format!("{base}/oauth/token"), &secret).status, 200);
+    let anonymous = [("grant_type", "client_credentials"), ("client_id", "jwt")];
+    assert_eq!(post(&format!("{base}/oauth/token"), &anonymous).status, 401);
+    let c = get(&format!("{base}/admin/counters")).json();
+    assert_eq!(
+        (&c["client_assertions"], &c["client_credentials_ok"]),
+        (&serde_json::json!(3), &serde_json::json!(4))
+    );
+    drop(child.stdin.take());
+    assert!(wait(&mut child).success());
+}
+
+#[test]
+fn bad_client_keys_stop_the_binary() {
+    let k = keys();
+    let ec = k.ec.public_path.display().to_string();
+    let rsa = k.rsa.public_path.display().to_string();
+    for (arg, needle) in [
+        ("jwt:RS256:/nonexistent/key.pem".to_string(), "cannot read"),
+        (format!("jwt:HS256:{rsa}"), "unsupported algorithm"),
+        (format!("jwt:ES256:{rsa}"), "\"jwt\""),
+        (format!("jwt:RS256:{ec}:kid"), "\"jwt\""),
+        ("jwt:RS256".to_string(), "expected ID:ALG"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_qlam-test-idp"))
+            .args(["--client-key", &arg])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{arg}");
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{arg}: {stderr}");
+    }
 }
