@@ -171,13 +171,14 @@ pub(crate) fn authenticate<'a>(
     inner: &'a Inner,
     presented: &Presented,
 ) -> Result<&'a ClientSpec, OAuthError> {
-    if let Presented::Assertion {
-        client_id,
-        assertion,
-    } = presented
-    {
-        return assertion::authenticate(inner, client_id.as_deref(), &assertion.0);
-    }
+    let secret = match presented {
+        Presented::Assertion {
+            client_id,
+            assertion,
+        } => return assertion::authenticate(inner, client_id.as_deref(), &assertion.0),
+        Presented::None { .. } => None,
+        Presented::Post { secret, .. } | Presented::Basic { secret, .. } => Some(secret),
+    };
     let Some(id) = presented.client_id() else {
         return Err(OAuthError::invalid_client(
             "no client authentication included",
@@ -188,29 +189,25 @@ pub(crate) fn authenticate<'a>(
         .iter()
         .find(|c| c.client_id == id)
         .ok_or_else(|| OAuthError::invalid_client(format!("unknown client {id:?}")))?;
-    match (presented, client.client_secret.as_deref()) {
-        (Presented::None { .. }, None) if client.jwks.is_empty() => Ok(client),
-        (Presented::None { .. }, None) => Err(OAuthError::invalid_client(
+    let has_keys = !client.jwks.is_empty();
+    match (secret, client.client_secret.as_deref()) {
+        (None, None) if !has_keys => Ok(client),
+        (None, None) => Err(OAuthError::invalid_client(
             "this client must authenticate with private_key_jwt",
         )),
-        (Presented::None { .. }, Some(_)) if client.jwks.is_empty() => {
-            Err(OAuthError::invalid_client(
-                "this client must authenticate (client_secret_post or client_secret_basic)",
-            ))
-        }
-        (Presented::None { .. }, Some(_)) => Err(OAuthError::invalid_client(
+        (None, Some(_)) if !has_keys => Err(OAuthError::invalid_client(
+            "this client must authenticate (client_secret_post or client_secret_basic)",
+        )),
+        (None, Some(_)) => Err(OAuthError::invalid_client(
             "this client must authenticate (client_secret_post, client_secret_basic or private_key_jwt)",
         )),
-        (Presented::Post { .. } | Presented::Basic { .. }, None) if client.jwks.is_empty() => Err(
-            OAuthError::invalid_client("this client is public and has no secret"),
-        ),
-        (Presented::Post { .. } | Presented::Basic { .. }, None) => {
-            Err(OAuthError::invalid_client(
-                "this client has no secret: it authenticates with private_key_jwt",
-            ))
-        }
-        (Presented::Assertion { .. }, _) => unreachable!("handled above"),
-        (Presented::Post { secret, .. } | Presented::Basic { secret, .. }, Some(expected)) => {
+        (Some(_), None) if !has_keys => Err(OAuthError::invalid_client(
+            "this client is public and has no secret",
+        )),
+        (Some(_), None) => Err(OAuthError::invalid_client(
+            "this client has no secret: it authenticates with private_key_jwt",
+        )),
+        (Some(secret), Some(expected)) => {
             if constant_time_eq(secret.as_bytes(), expected.as_bytes()) {
                 Ok(client)
             } else {
