@@ -1112,3 +1112,65 @@ fn user_scope_defaults_and_adds_the_organization() {
     );
     assert_eq!(scope(&[("QLAM_SCOPE", "openid")]), "openid");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Client secrets (resolved by the session when a request needs them)
+
+#[test]
+fn client_secrets_come_from_literals_env_references_and_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use qlam_auth::Secret;
+    use qlam_auth::session::Session;
+
+    use crate::support::assert_same_secret;
+
+    let sb = Sandbox::new("cfg-secret");
+    base_site(&sb);
+    let session = |extra: &[(&str, &str)]| {
+        let ctx = sb.ctx(extra);
+        let settings = qlam_auth::config::load(&ctx, &Overrides::default()).unwrap();
+        Session::new(ctx, settings)
+    };
+
+    let s = session(&[("QLAM_CLIENT_SECRET", "literal-value-1")]);
+    assert_same_secret(
+        &s.client_secret().unwrap().unwrap(),
+        &Secret::new("literal-value-1"),
+    );
+    assert!(
+        !format!("{:?}", s.settings).contains("literal-value-1"),
+        "Debug of the settings redacts the secret"
+    );
+
+    let s = session(&[
+        ("QLAM_CLIENT_SECRET", "env:SITE_SECRET"),
+        ("SITE_SECRET", "from-env-2"),
+    ]);
+    assert_same_secret(
+        &s.client_secret().unwrap().unwrap(),
+        &Secret::new("from-env-2"),
+    );
+    let s = session(&[("QLAM_CLIENT_SECRET", "env:SITE_SECRET")]);
+    let err = s.client_secret().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("SITE_SECRET"), "{err:?}");
+
+    let file = sb.path().join("secret");
+    std::fs::write(&file, "from-file-3\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = session(&[("QLAM_CLIENT_SECRET_FILE", file.to_str().unwrap())]);
+    assert_same_secret(
+        &s.client_secret().unwrap().unwrap(),
+        &Secret::new("from-file-3"),
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = s.client_secret().unwrap_err();
+    assert!(err.hint().unwrap_or("").contains("chmod 600"), "{err:?}");
+    assert!(!format!("{err:?}").contains("from-file-3"));
+
+    assert!(
+        session(&[]).client_secret().unwrap().is_none(),
+        "a public client"
+    );
+}
