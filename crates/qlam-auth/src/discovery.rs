@@ -88,6 +88,7 @@ pub fn discover(
     base_url: &str,
     cache_dir: Option<&Path>,
     now: f64,
+    deadline: std::time::Instant,
 ) -> Result<Discovery> {
     let cache = cache_dir.map(|d| cache_path(d, base_url));
     let cached = cache.as_deref().and_then(|p| read_cache(p, base_url));
@@ -96,11 +97,9 @@ pub fn discover(
             return Ok(d.clone());
         }
     }
-    match crate::http::with_retries(
-        std::time::Instant::now() + std::time::Duration::from_secs(20),
-        3,
-        || fetch(http, base_url),
-    ) {
+    // Network attempts stop at `deadline` (the caller's whole-operation deadline).
+    let deadline = deadline.min(std::time::Instant::now() + std::time::Duration::from_secs(20));
+    match crate::http::with_retries(deadline, 3, || fetch(http, base_url)) {
         Ok(d) => {
             if let (Some(path), Some(dir)) = (&cache, cache_dir) {
                 if dir.is_dir() {

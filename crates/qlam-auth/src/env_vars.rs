@@ -85,6 +85,12 @@ impl EnvVars {
     pub const SLURM_JOB_ID: &'static str = "SLURM_JOB_ID";
     /// Slurm array task id.
     pub const SLURM_ARRAY_TASK_ID: &'static str = "SLURM_ARRAY_TASK_ID";
+    /// The job owner's uid, in Slurm's Prolog and Epilog.
+    pub const SLURM_JOB_UID: &'static str = "SLURM_JOB_UID";
+    /// This node's name as Slurm knows it (several slurmd may share a host).
+    pub const SLURMD_NODENAME: &'static str = "SLURMD_NODENAME";
+    /// The job's end time (unix seconds), where Slurm provides it.
+    pub const SLURM_JOB_END_TIME: &'static str = "SLURM_JOB_END_TIME";
     /// PBS job id: its presence means "inside a batch job".
     pub const PBS_JOBID: &'static str = "PBS_JOBID";
     /// X11 display (a browser can be opened).

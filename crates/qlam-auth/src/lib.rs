@@ -12,6 +12,7 @@ pub mod duration;
 pub mod env_vars;
 pub mod error;
 pub mod flows;
+pub mod hooks;
 pub mod http;
 pub mod jwt;
 pub mod secret;

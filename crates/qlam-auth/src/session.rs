@@ -135,13 +135,18 @@ impl Session {
     }
 
     fn net(&self) -> Result<&Net> {
+        self.net_until(Instant::now() + self.settings.refresh_deadline)
+    }
+
+    /// The network side, built on first use; discovery gives up at `deadline`.
+    fn net_until(&self, deadline: Instant) -> Result<&Net> {
         if let Some(n) = self.net.get() {
             return Ok(n);
         }
         let base = &self.settings.provider.auth_base_url;
         let http = HttpClient::new(&self.ctx, &self.settings.http, base)?;
         let cache_dir = self.store.dir.is_dir().then_some(self.store.dir.as_path());
-        let discovery = discovery::discover(&http, base, cache_dir, self.ctx.now_unix())?;
+        let discovery = discovery::discover(&http, base, cache_dir, self.ctx.now_unix(), deadline)?;
         let _ = self.net.set(Net { http, discovery });
         Ok(self.net.get().expect("just set"))
     }
@@ -191,6 +196,8 @@ impl Session {
 
     /// Interactive device login; writes the store and, if none exists, a minimal qsh config.
     pub fn login_device(&self, observer: &mut dyn LoginObserver) -> Result<StoreFile> {
+        // The credentials directory first, so that discovery is cached beside the store.
+        self.store.ensure_dir()?;
         let net = self.net()?;
         let auth = device::start(&net.http, &net.discovery, &self.settings.provider)?;
         observer.device_authorization(&auth);
@@ -360,9 +367,9 @@ impl Renew for Refresher<'_> {
                         .with_hint("run `qlam-hpc login` on a login node"),
                 )
             })?;
-        let net = s.net().map_err(RenewError::Other)?;
-        let secret = s.client_secret().map_err(RenewError::Other)?;
         let deadline = Instant::now() + s.settings.refresh_deadline;
+        let net = s.net_until(deadline).map_err(RenewError::Other)?;
+        let secret = s.client_secret().map_err(RenewError::Other)?;
         let mut sent_at = s.ctx.now_unix();
         let result = with_retries(deadline, 6, || {
             sent_at = s.ctx.now_unix();
@@ -490,7 +497,8 @@ impl Renew for Minter<'_> {
                 ));
             }
         }
-        let net = s.net().map_err(RenewError::Other)?;
+        let deadline = Instant::now() + s.settings.refresh_deadline;
+        let net = s.net_until(deadline).map_err(RenewError::Other)?;
         let auth = s.client_auth(&net.discovery).map_err(RenewError::Other)?;
         let key_count = match &auth {
             ClientAuth::PrivateKeyJwt(k) => k.len(),
@@ -498,7 +506,6 @@ impl Renew for Minter<'_> {
         };
         // Count the mint before sending it: a crash may over-count by one, never under-count.
         Ledger::add(&ledger, now, 1).map_err(RenewError::Other)?;
-        let deadline = Instant::now() + s.settings.refresh_deadline;
         let (mut attempt, mut key_index, mut replays) = (0u32, 0usize, 0u32);
         let result = loop {
             attempt += 1;

@@ -490,10 +490,17 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
     layer(&mut fields, &user, &mut named_in_toml);
     let env_fields = ProviderFields::from_env(ctx)?;
     fields.merge_from(&env_fields);
-    if explicit_provider.is_some()
+    // A provider named by a flag, the environment or the qsh context's `auth_provider` must
+    // exist somewhere (a flag or variable may also name one the environment defines alone).
+    let named_by_qsh = explicit_provider.is_none()
+        && qsh_context
+            .and_then(|c| c.default_provider.as_ref())
+            .is_some();
+    let env_defines = explicit_provider.is_some() && !env_fields.is_empty_provider();
+    if (explicit_provider.is_some() || named_by_qsh)
         && qsh_fields.is_none()
         && !named_in_toml
-        && env_fields.is_empty_provider()
+        && !env_defines
     {
         let mut known: Vec<String> = qsh_context
             .map(|c| c.providers.keys().cloned().collect())
@@ -559,8 +566,8 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
             .map_err(|e| Error::config(format!("lock: {e}")))?,
         None => LockMethod::Auto,
     };
-    let lock_timeout = dur(&fields.lock_timeout, "lock_timeout")?
-    .unwrap_or(Duration::from_secs(120));
+    let lock_timeout =
+        dur(&fields.lock_timeout, "lock_timeout")?.unwrap_or(Duration::from_secs(120));
 
     let http_fields = qsh_context
         .map(|c| c.http_client.clone())
@@ -687,4 +694,16 @@ pub fn write_minimal_qsh_config(settings: &Settings) -> Result<bool> {
     );
     crate::store::fsutil::write_atomic(path, text.as_bytes(), 0o600, true)?;
     Ok(true)
+}
+
+/// The hook policy from the site file alone (root-side hooks read nothing of the user's).
+pub fn load_hook_settings(ctx: &Ctx) -> Result<HookSettings> {
+    let site = TomlFile::load(&site_config_path(ctx), true)?;
+    let section = site.and_then(|s| s.hooks).unwrap_or_default();
+    Ok(HookSettings {
+        enforce: section.enforce.unwrap_or(false),
+        stage_dir: section
+            .stage_dir
+            .unwrap_or_else(|| PathBuf::from("/run/qlam-hpc")),
+    })
 }

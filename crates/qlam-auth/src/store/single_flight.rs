@@ -153,9 +153,8 @@ fn error_from_record(rec: &LastError) -> Error {
     );
     match kind_from_name(&rec.kind) {
         ErrorKind::Auth => login_required(msg),
-        kind => Error::new(kind, msg).with_hint(
-            "another process just saw this; retry in a little while",
-        ),
+        kind => Error::new(kind, msg)
+            .with_hint("another process just saw this; retry in a little while"),
     }
 }
 
@@ -305,7 +304,13 @@ pub fn ensure(
                 return stale_or(latest.as_ref(), ctx.now_unix(), opts, err);
             }
             Err(RenewError::Other(err)) => {
-                if matches!(err.kind(), ErrorKind::Budget | ErrorKind::Config) {
+                if matches!(
+                    err.kind(),
+                    ErrorKind::Budget
+                        | ErrorKind::Config
+                        | ErrorKind::Network
+                        | ErrorKind::IdpServer
+                ) {
                     let latest = store.read()?;
                     if latest.is_some() {
                         record_failure(ctx, store, latest.as_ref(), &err)?;

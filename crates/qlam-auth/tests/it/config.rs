@@ -726,7 +726,6 @@ fn an_explicit_unknown_provider_is_a_config_error() {
 }
 
 #[test]
-#[ignore = "bug: qsh defaults.auth_provider naming no provider falls back to [defaults] silently"]
 fn an_auth_provider_that_names_nothing_is_a_config_error() {
     let sb = Sandbox::new("cfg-dangling-provider");
     three_providers(&sb, Some("missing"));

@@ -108,16 +108,37 @@ fn a_fresh_cache_needs_no_idp_and_a_stale_one_serves_while_the_idp_is_down() {
     let idp = idp(DiscoveryMode::OpenId);
     let base = idp.base_url();
     let now = now_unix();
-    let fetched = discovery::discover(&http(), &base, Some(dir.path()), now).unwrap();
+    let fetched = discovery::discover(
+        &http(),
+        &base,
+        Some(dir.path()),
+        now,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_endpoints_of(&fetched, &idp);
     assert_eq!(idp.counters().discovery, 1);
-    let cached = discovery::discover(&http(), &base, Some(dir.path()), now + 3600.0).unwrap();
+    let cached = discovery::discover(
+        &http(),
+        &base,
+        Some(dir.path()),
+        now + 3600.0,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(cached, fetched);
     assert_eq!(idp.counters().discovery, 1, "fresh cache: no request");
 
     // A day later the cache is stale; the IdP answers, so it is fetched and rewritten.
     let later = now + (DAY + 60) as f64;
-    discovery::discover(&http(), &base, Some(dir.path()), later).unwrap();
+    discovery::discover(
+        &http(),
+        &base,
+        Some(dir.path()),
+        later,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(idp.counters().discovery, 2);
     let fetched_at = raw_json(&discovery::cache_path(dir.path(), &base))["fetched_at"]
         .as_f64()
@@ -126,12 +147,32 @@ fn a_fresh_cache_needs_no_idp_and_a_stale_one_serves_while_the_idp_is_down() {
 
     // The IdP goes away: within the day the cache answers; beyond it, the stale cache does.
     drop(idp);
-    let d = discovery::discover(&http(), &base, Some(dir.path()), later + 60.0).unwrap();
+    let d = discovery::discover(
+        &http(),
+        &base,
+        Some(dir.path()),
+        later + 60.0,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(d, fetched);
-    let d =
-        discovery::discover(&http(), &base, Some(dir.path()), later + (3 * DAY) as f64).unwrap();
+    let d = discovery::discover(
+        &http(),
+        &base,
+        Some(dir.path()),
+        later + (3 * DAY) as f64,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(d, fetched, "a stale cache beats no answer");
-    let err = discovery::discover(&http(), &base, None, now).unwrap_err();
+    let err = discovery::discover(
+        &http(),
+        &base,
+        None,
+        now,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Network, "{err:?}");
     assert!(err.message().contains(&base), "{err:?}");
 }
@@ -161,8 +202,22 @@ fn caches_are_per_base_url_and_a_broken_one_is_refetched() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (idp(DiscoveryMode::OpenId), idp(DiscoveryMode::OAuthOnly));
     let now = now_unix();
-    let da = discovery::discover(&http(), &a.base_url(), Some(dir.path()), now).unwrap();
-    let db = discovery::discover(&http(), &b.base_url(), Some(dir.path()), now).unwrap();
+    let da = discovery::discover(
+        &http(),
+        &a.base_url(),
+        Some(dir.path()),
+        now,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let db = discovery::discover(
+        &http(),
+        &b.base_url(),
+        Some(dir.path()),
+        now,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_endpoints_of(&da, &a);
     assert_endpoints_of(&db, &b);
     assert_ne!(
@@ -177,20 +232,33 @@ fn caches_are_per_base_url_and_a_broken_one_is_refetched() {
         discovery::cache_path(dir.path(), &b.base_url()),
     );
     std::fs::copy(&pa, &pb).unwrap();
-    let again = discovery::discover(&http(), &b.base_url(), Some(dir.path()), now + 1.0).unwrap();
+    let again = discovery::discover(
+        &http(),
+        &b.base_url(),
+        Some(dir.path()),
+        now + 1.0,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(again, db);
     assert_eq!(b.counters().discovery, 4);
 
     // Garbage in the cache: fetched again and the cache repaired.
     std::fs::write(&pa, b"{ not json").unwrap();
-    let again = discovery::discover(&http(), &a.base_url(), Some(dir.path()), now + 2.0).unwrap();
+    let again = discovery::discover(
+        &http(),
+        &a.base_url(),
+        Some(dir.path()),
+        now + 2.0,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(again, da);
     assert_eq!(a.counters().discovery, 2);
     assert_eq!(raw_json(&pa)["base_url"], json!(a.base_url()));
 }
 
 #[test]
-#[ignore = "bug: discovery runs on its own 20 s retry budget, outside the refresh deadline"]
 fn the_refresh_deadline_bounds_discovery_too() {
     let w = World::new("disc-deadline", 3600);
     // Requests time out after 1.5 s (qsh http_client); discovery hangs for 30 s.

@@ -380,7 +380,6 @@ fn a_transient_failure_with_a_valid_token_is_stale_not_an_error() {
 }
 
 #[test]
-#[ignore = "bug: an unreachable IdP during discovery is not recorded, so every caller retries it"]
 fn an_unreachable_idp_before_discovery_is_recorded_too() {
     let w = World::new("sf-unreachable", 3600);
     w.login();
