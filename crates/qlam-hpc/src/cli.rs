@@ -110,6 +110,14 @@ pub(crate) enum Command {
         #[arg(long, value_name = "D")]
         min_ttl: Option<String>,
     },
+    /// Scheduler entry points (for the Slurm/PBS hook scripts; see slurm/ and pbs/).
+    Hook {
+        /// Which hook.
+        #[arg(value_enum)]
+        name: HookName,
+        #[command(flatten)]
+        args: HookArgs,
+    },
     /// Run the bundled test IdP and a storm of array tasks against it, and report.
     Demo {
         /// How many concurrent tasks.
@@ -119,4 +127,44 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// Hook entry points.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum HookName {
+    /// Slurm Prolog (root, every node of the job): stage a token for the job's user.
+    SlurmProlog,
+    /// Slurm TaskProlog (user): print the job's environment for the staged token.
+    SlurmTaskProlog,
+    /// Slurm Epilog (root): stop the renewer and remove the staged token.
+    SlurmEpilog,
+    /// PBS execjob_prologue (root).
+    PbsPrologue,
+    /// PBS execjob_launch.
+    PbsLaunch,
+    /// PBS execjob_epilogue (root).
+    PbsEpilogue,
+    /// Internal: the user side of a prologue.
+    #[value(hide = true)]
+    StageAsUser,
+    /// Internal: the renewer of a long job's staged token.
+    #[value(hide = true)]
+    RenewAsUser,
+    /// Internal: the user side of an epilogue.
+    #[value(hide = true)]
+    UnstageAsUser,
+}
+
+/// Arguments the hooks pass to their user-side steps.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct HookArgs {
+    /// Job id.
+    #[arg(long, hide = true)]
+    pub(crate) job: Option<String>,
+    /// Node name.
+    #[arg(long, hide = true)]
+    pub(crate) node: Option<String>,
+    /// Job end time (unix seconds).
+    #[arg(long, hide = true)]
+    pub(crate) end: Option<i64>,
 }

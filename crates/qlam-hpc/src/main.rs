@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod demo;
 mod exec;
+mod hook;
 mod login;
 mod output;
 
@@ -94,6 +95,7 @@ fn run(cli: Cli, ctx: Ctx, printer: &Printer) -> Result<i32, Error> {
             };
             login::run(&session(&cli, ctx)?, &opts, printer)
         }
+        Command::Hook { name, args } => hook::run(*name, args, ctx, printer),
         Command::Exec { min_ttl, command } => {
             exec::run(&session(&cli, ctx)?, min_ttl.as_deref(), command, printer)
         }

@@ -248,7 +248,7 @@ pub fn unstage(paths: &StagePaths) -> Result<bool> {
     if let Ok(text) = std::fs::read_to_string(&paths.renewer_pid_file) {
         if let Ok(pid) = text.trim().parse::<i32>() {
             let is_renewer = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("_renew"))
+                .map(|c| String::from_utf8_lossy(&c).contains("renew-as-user"))
                 .unwrap_or(false);
             if pid > 1 && is_renewer {
                 let _ = nix::sys::signal::kill(
