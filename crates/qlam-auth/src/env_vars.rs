@@ -93,6 +93,8 @@ impl EnvVars {
     pub const SLURM_JOB_END_TIME: &'static str = "SLURM_JOB_END_TIME";
     /// PBS job id: its presence means "inside a batch job".
     pub const PBS_JOBID: &'static str = "PBS_JOBID";
+    /// Torque/PBS: the job's walltime limit in seconds.
+    pub const PBS_WALLTIME: &'static str = "PBS_WALLTIME";
     /// X11 display (a browser can be opened).
     pub const DISPLAY: &'static str = "DISPLAY";
     /// Wayland display (a browser can be opened).

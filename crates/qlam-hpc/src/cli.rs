@@ -74,13 +74,13 @@ pub(crate) enum Command {
     Status,
     /// Print a valid access token (refreshing first when it has less than --min-ttl left).
     Token {
-        /// Minimum time the token must stay valid (90s, 15m, 2h, 1d or seconds).
+        /// Minimum time the token must stay valid (90s, 15m, 2h, 1d, seconds, or `job`: the rest of the batch job).
         #[arg(long, value_name = "D")]
         min_ttl: Option<String>,
     },
     /// Print shell lines exporting QLAM_ACCESS_TOKEN and QLAM_TOKEN_EXPIRES_AT.
     Env {
-        /// Minimum time the token must stay valid.
+        /// Minimum time the token must stay valid (or `job`: the rest of the batch job).
         #[arg(long, value_name = "D")]
         min_ttl: Option<String>,
         /// Shell syntax.

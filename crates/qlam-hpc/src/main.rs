@@ -58,6 +58,12 @@ pub(crate) fn parse_min_ttl(
     session: &Session,
 ) -> Result<std::time::Duration, Error> {
     match flag {
+        Some("job") => {
+            // The rest of the batch job, at least 5 minutes; 1 hour when the scheduler
+            // does not say.
+            let left = qlam_auth::hooks::slurm::job_remaining(&session.ctx).unwrap_or(3600.0);
+            Ok(std::time::Duration::from_secs_f64(left.max(300.0)))
+        }
         Some(s) => qlam_auth::duration::parse_duration(s)
             .map_err(|e| Error::new(ErrorKind::Usage, format!("--min-ttl: {e}"))),
         None => Ok(session

@@ -269,3 +269,71 @@ pub fn task_prolog_lines(ctx: &Ctx, hooks: &HookSettings) -> Result<Vec<String>>
     }
     Ok(Vec::new())
 }
+
+/// Seconds left in the batch job this process runs in, when the scheduler tells: Slurm's
+/// end time (see [`slurm_job_end`]); PBS/Torque's `PBS_WALLTIME` (seconds) counted from the
+/// job's start, or `qstat -f` walltime limit minus walltime used. `None` outside a job or
+/// when unknown.
+pub fn job_remaining(ctx: &Ctx) -> Option<f64> {
+    let now = ctx.now_unix();
+    if let Some(job) = ctx.var(EnvVars::SLURM_JOB_ID) {
+        return slurm_job_end(ctx, job).map(|end| end - now);
+    }
+    let job = ctx.var(EnvVars::PBS_JOBID)?;
+    let out = Command::new("qstat")
+        .args(["-f", job])
+        .env_clear()
+        .envs(
+            ctx.vars()
+                .iter()
+                .filter(|(k, _)| k.starts_with("PBS_") || k.as_str() == "PATH"),
+        )
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(name)
+                    .and_then(|r| r.trim().strip_prefix('='))
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| parse_hms(&v))
+    };
+    let limit = field("Resource_List.walltime")
+        .or_else(|| ctx.var(EnvVars::PBS_WALLTIME).and_then(|w| w.parse().ok()))?;
+    let used = field("resources_used.walltime").unwrap_or(0.0);
+    Some(limit - used)
+}
+
+/// `[[HH:]MM:]SS` or `D-HH:MM:SS` to seconds.
+pub fn parse_hms(s: &str) -> Option<f64> {
+    let (days, rest) = match s.split_once('-') {
+        Some((d, r)) => (d.parse::<f64>().ok()?, r),
+        None => (0.0, s),
+    };
+    let mut total = 0.0;
+    for part in rest.split(':') {
+        total = total * 60.0 + part.parse::<f64>().ok()?;
+    }
+    Some(days * 86_400.0 + total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_hms;
+
+    #[test]
+    fn walltimes() {
+        assert_eq!(parse_hms("01:00:00"), Some(3600.0));
+        assert_eq!(parse_hms("1-00:00:10"), Some(86_410.0));
+        assert_eq!(parse_hms("90"), Some(90.0));
+        assert_eq!(parse_hms("5:00"), Some(300.0));
+        assert_eq!(parse_hms("UNLIMITED"), None);
+    }
+}
