@@ -112,11 +112,8 @@ pub(crate) fn refresh(
             qlam_auth::duration::human(std::time::Duration::from_secs_f64(left.max(0.0)))
         ));
     }
-    Ok(if ensured.source == Source::Stale {
-        1
-    } else {
-        0
-    })
+    // A refresh that failed is a failure, even while the old token still works.
+    Ok(ensured.failure.map_or(0, |k| k.exit_code()))
 }
 
 /// `logout`: remove the local credentials.

@@ -521,7 +521,12 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
         ));
     }
 
-    let where_to_set = "set it in ~/.qsh/config.json, [defaults] of the qlam-hpc or site config file, or the environment";
+    let where_to_set = format!(
+        "set it in {}, in [defaults] of {} or {}, or in the environment",
+        qsh_paths.config_file.display(),
+        user_path.display(),
+        site_path.display()
+    );
     let auth_base_url = fields.auth_base_url.clone().ok_or_else(|| {
         Error::config(format!(
             "no auth_base_url configured for provider {provider_name:?} in context {context:?}"

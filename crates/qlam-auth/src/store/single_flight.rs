@@ -78,6 +78,8 @@ pub struct Ensured {
     pub source: Source,
     /// Set when the token is usable but something needs attention.
     pub warning: Option<String>,
+    /// With [`Source::Stale`]: the kind of the failure behind the warning.
+    pub failure: Option<ErrorKind>,
 }
 
 /// Seconds left on the stored token (may be negative); `None` when the expiry is unknown.
@@ -173,6 +175,7 @@ pub fn ensure(
                 file: f.clone(),
                 source: Source::Cache,
                 warning: None,
+                failure: None,
             });
         }
         None if !renew.can_start_empty() => {
@@ -186,7 +189,14 @@ pub fn ensure(
 
     // 2. Node-local lock, then the shared lock (bounded by lock_timeout).
     store.ensure_dir()?;
-    let guard = lock::acquire(&store.lock_file, &opts.lock)?;
+    let guard = match lock::acquire(&store.lock_file, &opts.lock) {
+        Ok(g) => g,
+        // A busy or stuck lock must not fail a job whose token is still valid.
+        Err(e) if e.kind() == ErrorKind::LockTimeout => {
+            return stale_or(first.as_ref(), ctx.now_unix(), opts, e);
+        }
+        Err(e) => return Err(e),
+    };
 
     // 3. Re-read. New tokens since step 1 mean another process renewed: use them, whatever
     //    their lifetime, so waiters do not renew again one after another.
@@ -201,6 +211,7 @@ pub fn ensure(
                 file: cur.clone(),
                 source: Source::RenewedByOther,
                 warning: None,
+                failure: None,
             });
         }
         if !opts.force && fresh_enough(cur, opts.min_ttl, now) {
@@ -208,6 +219,7 @@ pub fn ensure(
                 file: cur.clone(),
                 source: Source::Cache,
                 warning: None,
+                failure: None,
             });
         }
     } else if !renew.can_start_empty() {
@@ -226,7 +238,8 @@ pub fn ensure(
         let same_token = rec.refresh_token_fp == refresh_fp(current.as_ref());
         let permanent = rec.kind == "login_required";
         let recent = now - rec.at_unix < opts.failure_window.as_secs_f64() && now >= rec.at_unix;
-        if same_token && (permanent || recent) {
+        // `--force` (a keeper) retries a transient failure at once; a rejected login stays rejected.
+        if same_token && (permanent || (recent && !opts.force)) {
             let err = error_from_record(rec);
             return stale_or(current.as_ref(), now, opts, err);
         }
@@ -261,6 +274,7 @@ pub fn ensure(
                     file,
                     source: Source::Renewed,
                     warning: None,
+                    failure: None,
                 });
             }
             Err(RenewError::Rejected(f)) => {
@@ -274,6 +288,7 @@ pub fn ensure(
                                 file: a.clone(),
                                 source: Source::RenewedByOther,
                                 warning: None,
+                                failure: None,
                             });
                         }
                         if !retried_after_rotation {
@@ -335,10 +350,12 @@ fn stale_or(
             file: f.clone(),
             source: Source::Stale,
             warning: Some(format!(
-                "{}; using the current token, which expires in {:.0}s",
+                "{}; using the current token, which expires in {:.0}s{}",
                 err.message(),
-                remaining(f, now).unwrap_or(0.0)
+                remaining(f, now).unwrap_or(0.0),
+                err.hint().map(|h| format!(" ({h})")).unwrap_or_default()
             )),
+            failure: Some(err.kind()),
         }),
         _ => Err(err),
     }

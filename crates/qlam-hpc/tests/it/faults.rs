@@ -384,7 +384,6 @@ fn refresh_that_fails_while_the_token_is_still_valid_is_reported() {
 }
 
 #[test]
-#[ignore = "bug: `refresh` exits 1 (not a DESIGN §8 code) when the refresh fails but the old token is still valid"]
 fn refresh_that_fails_while_the_token_is_still_valid_exits_with_the_failure_code() {
     let env = due_env();
     env.idp()
@@ -418,7 +417,6 @@ fn rejected_refresh_token_with_a_still_valid_token_warns() {
 }
 
 #[test]
-#[ignore = "bug: the stale-token warning after invalid_grant drops the hint to run `qlam-hpc login`"]
 fn rejected_refresh_token_warning_says_to_log_in() {
     let env = due_env();
     env.idp().revoke_all();

@@ -50,7 +50,6 @@ fn a_held_lock_times_out_with_exit_61() {
 }
 
 #[test]
-#[ignore = "bug: a lock timeout fails `token` with 61 even while the stored token is still valid"]
 fn a_held_lock_serves_a_still_valid_token_with_a_warning() {
     let env = TestEnv::new();
     env.login();
