@@ -49,7 +49,7 @@ def pytest_runtest_makereport(item, call):
         clean = oidc_helpers.scrub(text)
         if clean != text:
             report.longrepr = clean
-    report.sections = [(name, oidc_helpers.scrub(content)) for name, content in report.sections]
+    report.sections = [(name, oidc_helpers.redact(content)) for name, content in report.sections]
 
 
 @pytest.fixture(scope="session")

@@ -716,16 +716,16 @@ class Login:
         return self.events[-1]
 
 
-def login_device(env: Mapping[str, str], server: OidcServer | None = None, *,
-                 username: str = "e2e-user", timeout: float = 90.0) -> Login:
-    """Run `qlam-hpc login --device --no-qr -o json`, approve it in the 'browser', wait.
+def login_device(env: Mapping[str, str], *, username: str = "e2e-user",
+                 timeout: float = 90.0) -> Login:
+    """Run `qlam-hpc -o json login --device --no-qr`, approve it in the 'browser', wait.
 
     The first stdout line must be the device_authorization event; it is approved through
     the provider's pages; qlam-hpc must then exit 0 with a logged_in event last.
     """
     issuer = env["QLAM_AUTH_BASE_URL"]
     ca = env["SSL_CERT_FILE"]
-    proc = subprocess.Popen([str(qlam_bin()), "login", "--device", "--no-qr", "-o", "json"],
+    proc = subprocess.Popen([str(qlam_bin()), "-o", "json", "login", "--device", "--no-qr"],
                             env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:

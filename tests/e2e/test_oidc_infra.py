@@ -16,7 +16,7 @@ import pytest
 from oidc_helpers import (
     CLIENT_ID, DEVICE_GRANT, E2EError, OidcServer, approve_device, assert_no_secrets,
     cache_file_name, counter_delta, credentials_cache_path, device_authorization,
-    make_qlam_env, poll_device_token, qlam_core, read_store, refresh_grant, sha256,
+    make_qlam_env, poll_device_token, qlam_core, read_store, refresh_grant, register_token_response, sha256,
     store_tokens, token_request, write_qsh_config, write_store_file,
 )
 
@@ -171,6 +171,42 @@ def test_infra_refresh_rotation_and_replay_revokes_grant(oidc_server):
     assert delta["refresh_token_reuse"] == 1
     assert delta["invalid_grant"] == 2
     assert delta["grant_revocations"] == 1
+
+
+def test_infra_revocation_of_refresh_token_ends_the_login(oidc_server):
+    """What `logout --revoke` relies on: a public client revokes its refresh token, and
+    oidc-provider revokes the whole grant with it."""
+    tokens = device_login(oidc_server)
+    before = oidc_server.counters()
+    r = oidc_server._http.post(oidc_server.discovery_cached()["revocation_endpoint"],
+                               data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token",
+                                     "client_id": CLIENT_ID}, timeout=10)
+    assert r.status_code == 200
+    assert not oidc_server.login_alive(tokens["refresh_token"])
+    assert oidc_server.introspect(tokens["access_token"])["active"] is False
+    delta = counter_delta(before, oidc_server.counters())
+    assert delta["revocation_requests"] == 1 and delta["grant_revocations"] == 1
+
+
+def test_infra_extra_m2m_client(oidc_server_factory):
+    """Clients can be added (EXTRA_CLIENTS): a confidential client_credentials client."""
+    m2m = {"client_id": "e2e-m2m", "client_secret": "e2e-m2m-secret",
+           "token_endpoint_auth_method": "client_secret_basic",
+           "grant_types": ["client_credentials"], "response_types": [], "redirect_uris": []}
+    server = oidc_server_factory(access_ttl=300, extra_clients=[m2m])
+    before = server.counters()
+    r = server._http.post(server.discovery_cached()["token_endpoint"],
+                          data={"grant_type": "client_credentials", "audience": "https://api.example.test"},
+                          auth=(m2m["client_id"], m2m["client_secret"]), timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    register_token_response(body)
+    assert body["expires_in"] == 300 and "refresh_token" not in body
+    info = server.introspect(body["access_token"])
+    assert info["active"] is True and info["client_id"] == "e2e-m2m"
+    delta = counter_delta(before, server.counters())
+    assert delta["token_requests.client_credentials"] == 1
+    assert delta["grant_success.client_credentials"] == 1
 
 
 def test_infra_short_access_ttl_server(oidc_server_factory):
