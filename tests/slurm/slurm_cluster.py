@@ -184,8 +184,9 @@ class SlurmCluster:
             raise SlurmError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc
 
-    def user(self, name: str = TEST_USERS[0]) -> TestUser:
-        return TestUser.lookup(name)
+    def user(self, user: TestUser | str = TEST_USERS[0]) -> TestUser:
+        """A test user, by name (or passed through)."""
+        return user if isinstance(user, TestUser) else TestUser.lookup(user)
 
     def user_env(self, user: TestUser, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """A small, known environment for commands run as `user`.
@@ -209,8 +210,7 @@ class SlurmCluster:
                cwd: Path | None = None, env: Mapping[str, str] | None = None,
                input: str | None = None) -> subprocess.CompletedProcess:
         """Run a command with the user's uid, gid and supplementary groups."""
-        if isinstance(user, str):
-            user = self.user(user)
+        user = self.user(user)
         proc = subprocess.run(
             list(args), user=user.uid, group=user.gid, extra_groups=list(user.groups),
             env=self.user_env(user, env), cwd=str(cwd or user.home), input=input,
@@ -223,8 +223,7 @@ class SlurmCluster:
 
     def job_dir(self, name: str, user: TestUser | str = TEST_USERS[0]) -> Path:
         """A fresh directory under the work dir, owned by `user`, for a job's files."""
-        if isinstance(user, str):
-            user = self.user(user)
+        user = self.user(user)
         path = self.jobs_dir / name
         if path.exists():
             shutil.rmtree(path)
@@ -239,8 +238,7 @@ class SlurmCluster:
         The job's working directory is `cwd` (default: a fresh job_dir); relative
         -o/-e paths land there.
         """
-        if isinstance(user, str):
-            user = self.user(user)
+        user = self.user(user)
         if cwd is None:
             cwd = self.job_dir(f"job-{time.monotonic_ns()}", user)
         proc = self.run_as(user, "sbatch", "--parsable", *sbatch_args,
