@@ -271,6 +271,27 @@ impl HttpClient {
         read_json(resp)
     }
 
+    /// POST a form and return only the status (for endpoints such as RFC 7009 revocation
+    /// that answer with an empty body). 429 and 5xx are failures.
+    pub fn post_form_status(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> std::result::Result<u16, Failure> {
+        let mut resp = self
+            .agent
+            .post(url)
+            .send_form(form.iter().copied())
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        let _ = resp.body_mut().with_config().limit(1 << 16).read_to_vec();
+        match status {
+            429 => Err(Failure::RateLimited(None)),
+            s if s >= 500 => Err(Failure::Server(s)),
+            s => Ok(s),
+        }
+    }
+
     /// The server's `Date` header on a GET of `url`, for clock-skew checks.
     pub fn server_date(&self, url: &str) -> std::result::Result<Option<String>, Failure> {
         let resp = self.agent.get(url).call().map_err(transport)?;

@@ -12,7 +12,7 @@ use crate::discovery::{self, Discovery};
 use crate::error::{Error, ErrorKind, Result};
 use crate::flows::client_auth::{ClientAuth, SigningKey, parse_alg};
 use crate::flows::client_credentials;
-use crate::flows::{TokenResponse, device, refresh};
+use crate::flows::{TokenResponse, browser, device, refresh, revoke};
 use crate::http::{Failure, HttpClient, backoff, with_retries};
 use crate::secret::Secret;
 use crate::store::format::{StoreFile, iso_unix, parse_time};
@@ -213,6 +213,56 @@ impl Session {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.save_login(&tokens, sent, "device_code")
+    }
+
+    /// Interactive browser login (authorization code + PKCE). `show` receives the URL to
+    /// open once the redirect listener is up; waits at most `timeout` for the redirect.
+    pub fn login_browser(
+        &self,
+        show: &mut dyn FnMut(&str),
+        timeout: Duration,
+    ) -> Result<StoreFile> {
+        self.store.ensure_dir()?;
+        let net = self.net()?;
+        let req = browser::prepare(&net.discovery, &self.settings.provider)?;
+        let listener = browser::listen(self.settings.provider.redirect_port)?;
+        show(&req.url);
+        let code = browser::wait_for_code(&listener, &req, timeout)?;
+        drop(listener);
+        let secret = self.client_secret()?;
+        let (tokens, sent) = browser::exchange(
+            &net.http,
+            &net.discovery,
+            &self.settings.provider,
+            &req,
+            &code,
+            secret.as_ref(),
+        )?;
+        let sent = sent
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.save_login(&tokens, sent, "authorization_code")
+    }
+
+    /// Revoke the stored refresh token at the IdP (RFC 7009). Returns whether there was one.
+    pub fn revoke(&self) -> Result<bool> {
+        let Some(file) = self.store.read()? else {
+            return Ok(false);
+        };
+        let Some(rt) = file.token().and_then(|t| t.refresh_token.clone()) else {
+            return Ok(false);
+        };
+        let net = self.net()?;
+        let secret = self.client_secret()?;
+        revoke::revoke_refresh_token(
+            &net.http,
+            &net.discovery,
+            &self.settings.provider,
+            &rt,
+            secret.as_ref(),
+        )?;
+        Ok(true)
     }
 
     /// Store the tokens of a fresh login, under the lock.

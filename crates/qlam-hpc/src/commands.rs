@@ -118,16 +118,13 @@ pub(crate) fn refresh(
 
 /// `logout`: remove the local credentials.
 pub(crate) fn logout(session: &Session, revoke: bool, printer: &Printer) -> Result<i32, Error> {
-    if revoke {
-        return Err(Error::new(
-            ErrorKind::Usage,
-            "`logout --revoke` is not available in this version",
-        )
-        .with_hint("run `qlam-hpc logout` to remove the local credentials"));
+    let revoked = if revoke { session.revoke()? } else { false };
+    if revoked {
+        printer.info("revoked the refresh token at the IdP");
     }
     let removed = session.logout()?;
     if printer.json {
-        printer.json_line(&serde_json::json!({ "removed": removed, "store_path": session.store.file.display().to_string() }));
+        printer.json_line(&serde_json::json!({ "removed": removed, "revoked": revoked, "store_path": session.store.file.display().to_string() }));
     } else if removed {
         printer.info(&format!(
             "logged out: removed {}",

@@ -4,10 +4,11 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use qlam_auth::Error;
 use qlam_auth::config::GrantType;
+use qlam_auth::env_vars::EnvVars;
 use qlam_auth::flows::device::{DeviceAuthorization, PollObserver};
 use qlam_auth::session::{LoginObserver, Session};
-use qlam_auth::{Error, ErrorKind};
 
 use crate::output::Printer;
 
@@ -15,7 +16,6 @@ pub(crate) struct LoginOptions {
     pub(crate) device: bool,
     pub(crate) browser: bool,
     pub(crate) no_qr: bool,
-    #[allow(dead_code)]
     pub(crate) no_browser: bool,
 }
 
@@ -101,22 +101,22 @@ pub(crate) fn run(session: &Session, opts: &LoginOptions, printer: &Printer) -> 
             ),
         );
     }
+    let display = session.ctx.var(EnvVars::DISPLAY).is_some()
+        || session.ctx.var(EnvVars::WAYLAND_DISPLAY).is_some();
     let grant = if opts.device {
         GrantType::DeviceCode
     } else if opts.browser {
         GrantType::AuthorizationCode
     } else {
-        session.login_grant()
+        match session.settings.provider.grant_type {
+            Some(g) => g,
+            None if display => GrantType::AuthorizationCode,
+            None => GrantType::DeviceCode,
+        }
     };
     match grant {
         GrantType::DeviceCode => {}
-        GrantType::AuthorizationCode => {
-            return Err(Error::new(
-                ErrorKind::Usage,
-                "the browser login is not available in this version",
-            )
-            .with_hint("use `qlam-hpc login --device`"));
-        }
+        GrantType::AuthorizationCode => return browser_login(session, opts, printer),
         GrantType::ClientCredentials => {
             return Err(Error::config(
                 "this provider uses client credentials: there is nothing to log in to",
@@ -139,6 +139,61 @@ pub(crate) fn run(session: &Session, opts: &LoginOptions, printer: &Printer) -> 
     if observer.tty {
         printer.info("");
     }
+    logged_in(session, &file, printer)
+}
+
+/// How long the browser login waits for the redirect.
+const BROWSER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Open `url` with `$BROWSER`, `xdg-open` or `open`; false when none could start.
+fn open_browser(session: &Session, url: &str) -> bool {
+    let mut candidates: Vec<String> = Vec::new();
+    if let Some(b) = session.ctx.var(EnvVars::BROWSER) {
+        candidates.extend(b.split(':').map(str::to_string));
+    }
+    candidates.push("xdg-open".into());
+    candidates.push("open".into());
+    candidates.into_iter().any(|c| {
+        std::process::Command::new(&c)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .is_ok()
+    })
+}
+
+fn browser_login(session: &Session, opts: &LoginOptions, printer: &Printer) -> Result<i32, Error> {
+    let port = session.settings.provider.redirect_port;
+    let mut show = |url: &str| {
+        if printer.json {
+            printer.json_line(&serde_json::json!({ "event": "authorization_request", "url": url }));
+        }
+        let opened = !opts.no_browser && open_browser(session, url);
+        let mut text = if opened {
+            format!("Opened your browser to log in. If nothing appears, open:\n{url}\n")
+        } else {
+            format!("To log in, open this URL in a browser on this machine:\n{url}\n")
+        };
+        if session.ctx.var("SSH_CONNECTION").is_some() || !opened {
+            text.push_str(&format!(
+                "\nOver SSH, forward the redirect port first (ssh -L {port}:localhost:{port} <this host>), \
+                 or use `qlam-hpc login --device`.\n"
+            ));
+        }
+        text.push_str("Waiting for the login to finish...");
+        printer.info(&text);
+    };
+    let file = session.login_browser(&mut show, BROWSER_TIMEOUT)?;
+    logged_in(session, &file, printer)
+}
+
+fn logged_in(
+    session: &Session,
+    file: &qlam_auth::store::StoreFile,
+    printer: &Printer,
+) -> Result<i32, Error> {
     let expires = file.expires_at_unix().map_or(0, |e| e.floor() as i64);
     if printer.json {
         printer.json_line(&serde_json::json!({ "event": "logged_in", "expires_at": expires }));

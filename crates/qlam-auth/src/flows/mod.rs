@@ -2,10 +2,12 @@
 //! response they share. Each flow makes single requests; retries and locking belong to the
 //! caller (see `store::single_flight`).
 
+pub mod browser;
 pub mod client_auth;
 pub mod client_credentials;
 pub mod device;
 pub mod refresh;
+pub mod revoke;
 
 use serde_json::Value;
 
