@@ -197,7 +197,6 @@ fn logout_removes_the_credentials_and_keeps_the_lock_file() {
 }
 
 #[test]
-#[ignore = "bug: `logout --revoke` (advertised in --help and DESIGN §4) exits 2, \"not available in this version\""]
 fn logout_revoke_revokes_the_refresh_token_first() {
     let env = TestEnv::new();
     env.login();
