@@ -8,6 +8,7 @@
 pub mod config;
 pub mod context;
 pub mod discovery;
+pub mod doctor;
 pub mod duration;
 pub mod env_vars;
 pub mod error;

@@ -110,6 +110,42 @@ pub(crate) enum Command {
         #[arg(long, value_name = "D")]
         min_ttl: Option<String>,
     },
+    /// Check configuration, store, filesystem locks, IdP reachability and clock.
+    Doctor {
+        /// Inside a Slurm allocation of 2+ nodes: test the store's locks across nodes with srun.
+        #[arg(long)]
+        nodes: bool,
+        /// The store's credentials directory as another mount or node sees it: test that a
+        /// lock held here is seen there.
+        #[arg(long, value_name = "DIR")]
+        peer_path: Option<PathBuf>,
+        /// Skip the checks that need the network.
+        #[arg(long)]
+        offline: bool,
+        /// Internal: try the lock once and report.
+        #[arg(long, hide = true, value_name = "PATH")]
+        lock_probe: Option<PathBuf>,
+        /// Internal: one task of the cross-node lock test.
+        #[arg(long, hide = true, value_name = "PATH")]
+        node_lock_test: Option<PathBuf>,
+    },
+    /// Check at submit time that the login outlives a job: exits 41 with advice if not.
+    Check {
+        /// The job's time limit (Slurm forms: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]; or 2h, 90m).
+        #[arg(long, value_name = "WALLTIME")]
+        time: String,
+        /// How long until the job may start (e.g. 2h, 1d).
+        #[arg(long, value_name = "DELAY")]
+        begin: Option<String>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Scheduler entry points (for the Slurm/PBS hook scripts; see slurm/ and pbs/).
     Hook {
         /// Which hook.

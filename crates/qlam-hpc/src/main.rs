@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod diagnose;
 mod exec;
 mod hook;
 mod login;
@@ -100,6 +101,41 @@ fn run(cli: Cli, ctx: Ctx, printer: &Printer) -> Result<i32, Error> {
                 no_browser: *no_browser,
             };
             login::run(&session(&cli, ctx)?, &opts, printer)
+        }
+        Command::Doctor {
+            nodes,
+            peer_path,
+            offline,
+            lock_probe,
+            node_lock_test,
+        } => {
+            let opts = diagnose::DoctorArgs {
+                nodes: *nodes,
+                peer_path: peer_path.clone(),
+                offline: *offline,
+                lock_probe: lock_probe.clone(),
+                node_lock_test: node_lock_test.clone(),
+            };
+            diagnose::doctor(&cli, ctx, &opts, printer)
+        }
+        Command::Check { time, begin } => {
+            diagnose::check(&session(&cli, ctx)?, time, begin.as_deref(), printer)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "qlam-hpc", &mut out);
+            printer.result(&String::from_utf8_lossy(&out));
+            Ok(0)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .map_err(|e| Error::internal(format!("rendering the man page: {e}")))?;
+            printer.result(&String::from_utf8_lossy(&out));
+            Ok(0)
         }
         Command::Hook { name, args } => hook::run(*name, args, ctx, printer),
         Command::Exec { min_ttl, command } => {

@@ -197,7 +197,14 @@ pub fn acquire(lock_path: &Path, opts: &LockOptions) -> Result<StoreLock> {
     }
     let node_local = lock_node_local(lock_path, opts, &deadline)?;
     let file = open_lock_file(lock_path)?;
-    let (method, shared) = match opts.method {
+    // `auto` skips OFD locks where the mount makes them silently node-local.
+    let requested =
+        if opts.method == LockMethod::Auto && super::mounts::auto_prefers_lease(lock_path) {
+            LockMethod::Lease
+        } else {
+            opts.method
+        };
+    let (method, shared) = match requested {
         LockMethod::Ofd | LockMethod::Auto => match lock_ofd(&file, lock_path, opts, &deadline) {
             Ok(()) => (LockMethod::Ofd, Shared::Ofd { _file: file }),
             Err(OfdError::Refused(_)) if opts.method == LockMethod::Auto => {
@@ -1222,5 +1229,17 @@ mod tests {
             !is_stale(&other_host, &me, now),
             "a pid on another host proves nothing"
         );
+    }
+}
+
+/// One non-blocking OFD lock attempt on `path` (for `doctor`'s cross-process test):
+/// `Ok(Some(file))` taken (held until the file is dropped), `Ok(None)` held by someone else,
+/// `Err` when the filesystem refuses locks.
+pub fn try_ofd_once(path: &Path) -> std::result::Result<Option<File>, String> {
+    let file = open_lock_file(path).map_err(|e| e.message().to_string())?;
+    match ofd_try_lock(&file, None) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(format!("{e} ({})", e.desc())),
     }
 }

@@ -7,6 +7,7 @@ pub mod format;
 pub mod fsutil;
 pub mod ledger;
 pub mod lock;
+pub mod mounts;
 pub mod single_flight;
 
 use std::io::Read;
