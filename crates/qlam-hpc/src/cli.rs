@@ -203,4 +203,10 @@ pub(crate) struct HookArgs {
     /// Job end time (unix seconds).
     #[arg(long, hide = true)]
     pub(crate) end: Option<i64>,
+    /// PBS: the job owner's user name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) user: Option<String>,
+    /// PBS: the job's walltime limit (HH:MM:SS or seconds).
+    #[arg(long, value_name = "HH:MM:SS")]
+    pub(crate) walltime: Option<String>,
 }

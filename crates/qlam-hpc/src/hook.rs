@@ -10,7 +10,7 @@ use std::time::Duration;
 use qlam_auth::config::{self, HookSettings, Overrides, QshPaths};
 use qlam_auth::hooks::slurm::{self, EXIT_LOGIN_REQUIRED, EXIT_NOT_CONFIGURED};
 use qlam_auth::hooks::stage::{self, StagePaths};
-use qlam_auth::hooks::{HookOutcome, privs};
+use qlam_auth::hooks::{HookOutcome, pbs, privs};
 use qlam_auth::session::Session;
 use qlam_auth::{Ctx, Error, ErrorKind};
 
@@ -36,6 +36,7 @@ fn root_hook(
     printer: &Printer,
     f: impl FnOnce(&Ctx, &HookSettings) -> Result<HookOutcome, Error>,
     may_enforce: bool,
+    label: Option<&str>,
 ) -> i32 {
     let hooks = match config::load_hook_settings(ctx) {
         Ok(h) => h,
@@ -48,7 +49,10 @@ fn root_hook(
             return 0;
         }
     };
-    let job = ctx.job_id().unwrap_or_else(|| "?".into());
+    let job = label
+        .map(str::to_string)
+        .or_else(|| ctx.job_id())
+        .unwrap_or_else(|| "?".into());
     match f(ctx, &hooks) {
         Ok(HookOutcome::Done(line)) => {
             log(printer, name, &format!("job {job}: {line}"));
@@ -199,6 +203,7 @@ pub(crate) fn run(
                 printer,
                 |c, h| slurm::prolog(c, h, &exe),
                 true,
+                None,
             ))
         }
         HookName::SlurmEpilog => {
@@ -209,6 +214,7 @@ pub(crate) fn run(
                 printer,
                 |c, h| slurm::epilog(c, h, &exe),
                 false,
+                None,
             ))
         }
         HookName::SlurmTaskProlog => {
@@ -229,9 +235,76 @@ pub(crate) fn run(
         HookName::StageAsUser => stage_as_user(ctx, args, printer),
         HookName::RenewAsUser => renew_as_user(ctx, args),
         HookName::UnstageAsUser => unstage_as_user(ctx, args, printer),
-        HookName::PbsPrologue | HookName::PbsLaunch | HookName::PbsEpilogue => Err(Error::new(
-            ErrorKind::Usage,
-            "the PBS hooks are not available in this version",
-        )),
+        HookName::PbsPrologue | HookName::PbsEpilogue => {
+            let job_id = args
+                .job
+                .clone()
+                .ok_or_else(|| Error::new(ErrorKind::Usage, "--job is required"))?;
+            let user = args
+                .user
+                .clone()
+                .ok_or_else(|| Error::new(ErrorKind::Usage, "--user is required"))?;
+            let end = match &args.walltime {
+                Some(w) => Some(
+                    ctx.now_unix()
+                        + qlam_auth::hooks::slurm::parse_hms(w).ok_or_else(|| {
+                            Error::new(
+                                ErrorKind::Usage,
+                                format!("--walltime {w:?} is not HH:MM:SS"),
+                            )
+                        })?,
+                ),
+                None => args.end.map(|e| e as f64),
+            };
+            let exe = exe()?;
+            let prologue = name == HookName::PbsPrologue;
+            let label = job_id.clone();
+            let hook_name = if prologue {
+                "pbs-prologue"
+            } else {
+                "pbs-epilogue"
+            };
+            Ok(root_hook(
+                &ctx,
+                hook_name,
+                printer,
+                |c, h| {
+                    let (job, user) = pbs::job(c, &job_id, &user, args.node.as_deref())?;
+                    if prologue {
+                        pbs::prologue(c, h, &exe, &job, &user, end)
+                    } else {
+                        pbs::epilogue(c, h, &exe, &job, &user)
+                    }
+                },
+                prologue,
+                Some(&label),
+            ))
+        }
+        HookName::PbsLaunch => {
+            let job_id = args
+                .job
+                .clone()
+                .ok_or_else(|| Error::new(ErrorKind::Usage, "--job is required"))?;
+            let user = args
+                .user
+                .clone()
+                .ok_or_else(|| Error::new(ErrorKind::Usage, "--user is required"))?;
+            let lines = config::load_hook_settings(&ctx).and_then(|h| {
+                let (job, _) = pbs::job(&ctx, &job_id, &user, args.node.as_deref())?;
+                pbs::launch_env(&h, &job)
+            });
+            match lines {
+                Ok(lines) => {
+                    let out: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                    printer.result(&out);
+                }
+                Err(e) => log(
+                    printer,
+                    "pbs-launch",
+                    &format!("job {job_id}: {}", e.message()),
+                ),
+            }
+            Ok(0)
+        }
     }
 }

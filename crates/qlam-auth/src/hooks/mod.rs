@@ -4,6 +4,7 @@
 //! stage an access-token-only copy of the credentials in QLAM Core's layout under a
 //! node-local, job-private directory, keep it renewed for long jobs, and remove it.
 
+pub mod pbs;
 pub mod privs;
 pub mod slurm;
 pub mod stage;

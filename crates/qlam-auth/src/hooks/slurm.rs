@@ -15,9 +15,30 @@ use crate::error::{Error, Result};
 use crate::hooks::stage::StagePaths;
 use crate::hooks::{HookOutcome, JobUser, privs};
 
+/// The batch system a hook serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Slurm.
+    Slurm,
+    /// OpenPBS, PBS Pro or Torque.
+    Pbs,
+}
+
+impl Scheduler {
+    /// The variable that carries the job id in a job's environment.
+    pub fn job_id_var(self) -> &'static str {
+        match self {
+            Scheduler::Slurm => EnvVars::SLURM_JOB_ID,
+            Scheduler::Pbs => EnvVars::PBS_JOBID,
+        }
+    }
+}
+
 /// A job on this node, as a hook sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRef {
+    /// Which scheduler runs the job.
+    pub scheduler: Scheduler,
     /// Scheduler job id.
     pub job_id: String,
     /// The job owner's uid.
@@ -51,7 +72,12 @@ impl JobRef {
             .var(EnvVars::SLURMD_NODENAME)
             .unwrap_or(&ctx.hostname)
             .to_string();
-        Ok(JobRef { job_id, uid, node })
+        Ok(JobRef {
+            scheduler: Scheduler::Slurm,
+            job_id,
+            uid,
+            node,
+        })
     }
 
     /// The staged paths of this job under `stage_dir`.
@@ -159,7 +185,7 @@ fn user_env(ctx: &Ctx, user: &JobUser, job: &JobRef) -> Vec<(String, String)> {
                 .unwrap_or("/usr/local/bin:/usr/bin:/bin")
                 .to_string(),
         ),
-        (EnvVars::SLURM_JOB_ID.to_string(), job.job_id.clone()),
+        (job.scheduler.job_id_var().to_string(), job.job_id.clone()),
     ];
     for k in [
         EnvVars::QLAM_HPC_SITE_CONFIG,
