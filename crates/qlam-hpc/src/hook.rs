@@ -23,10 +23,34 @@ fn exe() -> Result<PathBuf, Error> {
 }
 
 fn log(printer: &Printer, name: &str, text: &str) {
-    // Always shown: this line is what the scheduler's log keeps.
+    log_to(printer, None, name, text);
+}
+
+/// One log line: always to stderr (the scheduler keeps it where it keeps hook output), and
+/// appended to the site's `[hooks] log_file` when one is set.
+fn log_to(printer: &Printer, file: Option<&std::path::Path>, name: &str, text: &str) {
     let _ = printer;
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "qlam-hpc hook {name}: {text}");
+    let line = format!("qlam-hpc hook {name}: {text}");
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    if let Some(path) = file {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
+            let now = qlam_auth::store::format::iso_unix(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+            );
+            let _ = writeln!(f, "{now} {line}");
+        }
+    }
 }
 
 /// Run a root-side hook under the site's failure policy.
@@ -55,17 +79,28 @@ fn root_hook(
         .unwrap_or_else(|| "?".into());
     match f(ctx, &hooks) {
         Ok(HookOutcome::Done(line)) => {
-            log(printer, name, &format!("job {job}: {line}"));
+            log_to(
+                printer,
+                hooks.log_file.as_deref(),
+                name,
+                &format!("job {job}: {line}"),
+            );
             0
         }
         Ok(HookOutcome::Skipped(line)) => {
-            log(printer, name, &format!("job {job}: nothing staged: {line}"));
+            log_to(
+                printer,
+                hooks.log_file.as_deref(),
+                name,
+                &format!("job {job}: nothing staged: {line}"),
+            );
             0
         }
         Err(e) => {
             let enforce = may_enforce && hooks.enforce;
-            log(
+            log_to(
                 printer,
+                hooks.log_file.as_deref(),
                 name,
                 &format!(
                     "job {job}: {}{}",

@@ -329,6 +329,8 @@ pub struct HookSettings {
     pub enforce: bool,
     /// Node-local staging root.
     pub stage_dir: PathBuf,
+    /// A file the root-side hooks append their log lines to (besides stderr).
+    pub log_file: Option<PathBuf>,
 }
 
 /// Everything resolved.
@@ -605,12 +607,7 @@ pub fn load(ctx: &Ctx, overrides: &Overrides) -> Result<Settings> {
         .as_ref()
         .and_then(|s| s.hooks.clone())
         .unwrap_or_default();
-    let hooks = HookSettings {
-        enforce: hooks_section.enforce.unwrap_or(false),
-        stage_dir: hooks_section
-            .stage_dir
-            .unwrap_or_else(|| PathBuf::from("/run/qlam-hpc")),
-    };
+    let hooks = HookSettings::from(hooks_section);
 
     let provider = Provider {
         auth_base_url: auth_base_url.trim_end_matches('/').to_string(),
@@ -704,11 +701,19 @@ pub fn write_minimal_qsh_config(settings: &Settings) -> Result<bool> {
 /// The hook policy from the site file alone (root-side hooks read nothing of the user's).
 pub fn load_hook_settings(ctx: &Ctx) -> Result<HookSettings> {
     let site = TomlFile::load(&site_config_path(ctx), true)?;
-    let section = site.and_then(|s| s.hooks).unwrap_or_default();
-    Ok(HookSettings {
-        enforce: section.enforce.unwrap_or(false),
-        stage_dir: section
-            .stage_dir
-            .unwrap_or_else(|| PathBuf::from("/run/qlam-hpc")),
-    })
+    Ok(HookSettings::from(
+        site.and_then(|s| s.hooks).unwrap_or_default(),
+    ))
+}
+
+impl From<HooksSection> for HookSettings {
+    fn from(section: HooksSection) -> HookSettings {
+        HookSettings {
+            enforce: section.enforce.unwrap_or(false),
+            stage_dir: section
+                .stage_dir
+                .unwrap_or_else(|| PathBuf::from("/run/qlam-hpc")),
+            log_file: section.log_file,
+        }
+    }
 }

@@ -42,6 +42,8 @@ pub struct HooksSection {
     pub enforce: Option<bool>,
     /// Node-local staging root.
     pub stage_dir: Option<PathBuf>,
+    /// A file the root-side hooks append their log lines to.
+    pub log_file: Option<PathBuf>,
 }
 
 impl TomlFile {

@@ -38,7 +38,19 @@ fn top_level_help() {
 #[test]
 fn subcommand_help() {
     for sub in [
-        "login", "logout", "status", "token", "env", "exec", "refresh", "hook", "demo", "doctor", "check", "completions", "man",
+        "login",
+        "logout",
+        "status",
+        "token",
+        "env",
+        "exec",
+        "refresh",
+        "hook",
+        "demo",
+        "doctor",
+        "check",
+        "completions",
+        "man",
     ] {
         snapshot(&format!("help_{sub}"), help_of(&[sub, "--help"]));
     }

@@ -9,6 +9,7 @@ mod help;
 mod herd;
 mod locks;
 mod login;
+mod m2m;
 mod refresh;
 mod secrets;
 mod status;
