@@ -17,6 +17,10 @@
 //                         seen to stall on a loaded machine, so the test fixtures pass one)
 //   EXTRA_CLIENTS         path to a JSON array of extra client registrations (oidc-provider
 //                         client metadata), e.g. M2M clients
+//   CLIENT_AUTH_METHODS   comma-separated token-endpoint client authentication methods the
+//                         provider accepts and lists in discovery; default oidc-provider's
+//                         (client_secret_basic, client_secret_jwt, client_secret_post,
+//                         private_key_jwt, none)
 //   EXIT_ON_STDIN_EOF     "1": exit when stdin closes (the test runner went away)
 //
 // When listening it prints the issuer URL (no trailing slash) as one line on stdout.
@@ -115,6 +119,9 @@ const counters = {
   token_requests: {},         // every POST to the token endpoint, by grant type
   token_requests_total: 0,
   token_responses: {},        // by grant type, then HTTP status
+  token_client_auth: {},      // by grant type, then how the client authenticated:
+                              // client_secret_basic (Authorization header), client_secret_post
+                              // (secret in the body), client_assertion, none
   grant_success: {},          // tokens issued, by grant type
   grant_errors: {},           // error codes returned by the token endpoint
   refreshes: 0,               // successful refresh_token grants
@@ -149,8 +156,11 @@ function refreshTokenTTL(ctx) {
   return REFRESH_TTL;
 }
 
+const CLIENT_AUTH_METHODS = (env.CLIENT_AUTH_METHODS || '').split(',').map((m) => m.trim()).filter(Boolean);
+
 const configuration = {
   clients,
+  ...(CLIENT_AUTH_METHODS.length ? { clientAuthMethods: CLIENT_AUTH_METHODS } : {}),
   jwks: { keys: [signingKey] },
   cookies: { keys: [randomBytes(32).toString('base64url')] },
   claims: {
@@ -257,6 +267,12 @@ provider.use(async (ctx, next) => {
     counters.token_requests_total += 1;
     counters.token_responses[gt] ||= {};
     bump(counters.token_responses[gt], String(ctx.status));
+    const body = ctx.oidc.body || {};
+    const how = ctx.headers.authorization ? 'client_secret_basic'
+      : body.client_assertion ? 'client_assertion'
+        : body.client_secret ? 'client_secret_post' : 'none';
+    counters.token_client_auth[gt] ||= {};
+    bump(counters.token_client_auth[gt], how);
   } else if (route === 'revocation') {
     counters.revocation_requests += 1;
   } else if (route === 'introspection') {

@@ -452,6 +452,46 @@ fn secret_post_from_discovery_mints_once_then_serves_the_store() {
     m.assert_store_clean();
 }
 
+/// QLAM Shell's own `config.json` can define the M2M provider, with its `client_secret` as
+/// `env:VAR` (QLAM Core's convention); qlam-hpc mints with it and never rewrites the file.
+#[test]
+fn qsh_config_defines_the_m2m_provider() {
+    let (m, secret) = M2m::with_secret();
+    let cfg = json!({
+        "current_context": "default",
+        "contexts": [{
+            "name": "default",
+            "qpu": "default",
+            "defaults": { "auth_provider": "qlam" },
+            "auth_providers": [{
+                "name": "qlam",
+                "provider": "oauth",
+                "auth_base_url": m.env.base_url(),
+                "client_id": CLIENT,
+                "client_secret": "env:BATCH_M2M_SECRET",
+                "grant_type": "client_credentials"
+            }]
+        }]
+    });
+    write_private(&m.env.qsh_config(), &cfg.to_string());
+    let original = std::fs::read(m.env.qsh_config()).unwrap();
+    let r = m.run_with(
+        &["token"],
+        &[
+            ("QLAM_AUTH_BASE_URL", ""),
+            ("QLAM_CLIENT_ID", ""),
+            ("QLAM_GRANT_TYPE", ""),
+            ("QLAM_CLIENT_SECRET_FILE", ""),
+            ("BATCH_M2M_SECRET", &secret),
+        ],
+    );
+    r.expect_code(0);
+    assert!(m.idp().introspect(&one_line(&r)));
+    assert_eq!(m.cc_requests()[0].auth_method, "post");
+    assert_eq!(std::fs::read(m.env.qsh_config()).unwrap(), original);
+    m.assert_store_clean();
+}
+
 /// `client_secret` literal, `env:VAR` (environment and TOML) and `client_secret_file` (TOML)
 /// all authenticate; `env:VAR` naming an unset variable is a config error that says so.
 #[test]
@@ -462,7 +502,9 @@ fn every_secret_source_mints() {
     let no_file = ("QLAM_CLIENT_SECRET_FILE", "");
     let secret = secret.as_str();
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, Option<String>)> = vec![
+    /// What is configured, the variables set, the user TOML.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<String>);
+    let cases: Vec<Case<'_>> = vec![
         (
             "literal in QLAM_CLIENT_SECRET",
             vec![("QLAM_CLIENT_SECRET", secret)],
@@ -739,6 +781,13 @@ fn readable_key_or_secret_files_are_refused() {
     }
     assert_eq!(m.idp().counters().client_credentials_requests, 0);
     chmod(&key.private, 0o600);
+    // A 0600 key owned by someone else (only root can set that up): refused too.
+    if std::os::unix::fs::chown(&key.private, Some(65534), None).is_ok() {
+        let r = m.run(&["token"]);
+        r.expect_failure(60);
+        assert!(r.stderr.contains("owned by uid 65534"), "{r:?}");
+        std::os::unix::fs::chown(&key.private, Some(0), None).unwrap();
+    }
     m.run(&["token"]).expect_code(0);
 
     let (m, _secret) = M2m::with_secret();
