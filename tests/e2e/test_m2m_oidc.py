@@ -152,10 +152,6 @@ def test_secret_post_configured(tmp_path, m2m_server, secrets_):
     assert cc_delta(before, m2m_server.counters())["auth"] == {"client_secret_post": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: config::ProviderFields::merge_from omits token_endpoint_auth_method, so "
-    "QLAM_TOKEN_ENDPOINT_AUTH_METHOD=client_secret_basic is dropped and the secret goes in "
-    "the body (client_secret_post, what discovery offers first)"))
 def test_secret_basic_configured_in_env(tmp_path, m2m_server, secrets_):
     env = m2m_env(tmp_path, m2m_server, BASIC_ID, secret=secrets_[BASIC_ID],
                   QLAM_TOKEN_ENDPOINT_AUTH_METHOD="client_secret_basic")
@@ -167,10 +163,6 @@ def test_secret_basic_configured_in_env(tmp_path, m2m_server, secrets_):
     assert cc_delta(before, m2m_server.counters())["auth"] == {"client_secret_basic": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: config::ProviderFields::merge_from omits token_endpoint_auth_method, so "
-    "token_endpoint_auth_method in the TOML file is dropped and the secret goes in the body "
-    "(client_secret_post)"))
 def test_secret_basic_configured_in_toml(tmp_path, m2m_server, secrets_):
     env = m2m_env(tmp_path, m2m_server, BASIC_ID, secret=secrets_[BASIC_ID])
     cfg = Path(env["XDG_CONFIG_HOME"]) / "qlam-hpc" / "config.toml"

@@ -230,12 +230,18 @@ pub(crate) fn status(session: &Session, printer: &Printer) -> Result<i32, Error>
         }
         line(&mut out, "store", s.store_path.clone());
         line(&mut out, "lock method", s.lock_method.clone());
-        if let Some(b) = s.m2m_monthly_budget {
-            line(
+        match (s.m2m_monthly_budget, s.m2m_mints_this_month) {
+            (Some(b), mints) => line(
                 &mut out,
                 "m2m budget",
-                format!("{} of {b} this month", s.m2m_mints_this_month.unwrap_or(0)),
-            );
+                format!("{} of {b} this month", mints.unwrap_or(0)),
+            ),
+            (None, Some(mints)) => line(
+                &mut out,
+                "m2m mints",
+                format!("{mints} this month (no budget set)"),
+            ),
+            (None, None) => {}
         }
         printer.result(&out);
         if !s.usable {

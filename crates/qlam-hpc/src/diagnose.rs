@@ -196,6 +196,10 @@ pub(crate) fn check(
     printer: &Printer,
 ) -> Result<i32, Error> {
     let usage = |m: String| Error::new(ErrorKind::Usage, m);
+    if session.settings.provider.is_m2m() {
+        printer.info("ok: this provider mints M2M tokens on demand; there is no login to expire");
+        return Ok(0);
+    }
     if matches!(
         time.trim().to_ascii_uppercase().as_str(),
         "UNLIMITED" | "INFINITE"
@@ -213,10 +217,6 @@ pub(crate) fn check(
         None => Duration::ZERO,
     };
     let status = session.status()?;
-    if session.settings.provider.is_m2m() {
-        printer.info("ok: this provider mints M2M tokens on demand; there is no login to expire");
-        return Ok(0);
-    }
     if !status.logged_in {
         return Err(
             Error::auth("not logged in").with_hint("run `qlam-hpc login` before submitting")

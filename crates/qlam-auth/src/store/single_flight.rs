@@ -155,8 +155,11 @@ fn error_from_record(rec: &LastError) -> Error {
     );
     match kind_from_name(&rec.kind) {
         ErrorKind::Auth => login_required(msg),
-        kind => Error::new(kind, msg)
-            .with_hint("another process just saw this; retry in a little while"),
+        ErrorKind::Budget => Error::new(ErrorKind::Budget, msg)
+            .with_hint("cached tokens are still served; raise m2m_monthly_budget or wait for the next month"),
+        ErrorKind::Config => Error::new(ErrorKind::Config, msg)
+            .with_hint("fix the client configuration (client_id, secret or key, scope); the failure is shared for 30 s"),
+        kind => Error::new(kind, msg).with_hint("another process just saw this; retry in a little while"),
     }
 }
 

@@ -563,7 +563,6 @@ fn every_secret_source_mints() {
 /// `token_endpoint_auth_method = "client_secret_basic"` sends the secret in an HTTP Basic
 /// header, whether set in the environment or in a config file.
 #[test]
-#[ignore = "bug: config::ProviderFields::merge_from omits token_endpoint_auth_method, so the setting from QLAM_TOKEN_ENDPOINT_AUTH_METHOD or any TOML file is dropped and the secret goes by client_secret_post"]
 fn secret_basic_when_configured() {
     let (m, _secret) = M2m::with_secret();
     let r = m.run_with(
@@ -590,7 +589,6 @@ fn secret_basic_when_configured() {
 /// An explicit `client_secret_post` is honoured over a discovery document that offers only
 /// `client_secret_basic`.
 #[test]
-#[ignore = "bug: config::ProviderFields::merge_from omits token_endpoint_auth_method, so an explicitly configured method is dropped and discovery decides"]
 fn explicit_secret_post_beats_discovery() {
     let (m, _secret) = M2m::with_secret();
     m.run(&["token"]).expect_code(0);
@@ -852,7 +850,6 @@ fn persistent_assertion_rejection_is_bounded_and_not_counted() {
 /// Key rotation: two keys configured (`private_key_file` and `private_key_file_next`), the
 /// first revoked at the IdP: the mint succeeds with the second.
 #[test]
-#[ignore = "bug: config::ProviderFields::merge_from omits private_key_file_next, private_key_alg_next and key_id_next, so the rotation key is never loaded and a revoked first key fails the mint (exit 40)"]
 fn key_rotation_uses_the_next_key_when_the_first_is_revoked() {
     let dir = tempfile::tempdir().unwrap();
     let k1 = make_key(dir.path(), "k1", KeyKind::EcPkcs8);
@@ -1172,7 +1169,6 @@ fn budget_of_two() {
 /// Every budget refusal says what to do next: raise `m2m_monthly_budget` or wait for the
 /// next month, also when it is replayed from the failure recorded in the store.
 #[test]
-#[ignore = "bug: within the 30 s failure window a budget refusal is replayed from extra.qlam_hpc.last_error by single_flight::error_from_record, whose hint is \"another process just saw this; retry in a little while\" instead of the budget hint"]
 fn budget_refusal_hint_survives_the_failure_window() {
     let (mut m, _secret) = M2m::with_secret();
     m.var("QLAM_M2M_MONTHLY_BUDGET", "1");
