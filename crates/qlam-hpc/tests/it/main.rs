@@ -2,7 +2,9 @@
 //! in-process test IdP and temp dir, never the real HOME.
 
 mod bad_input;
+mod browser;
 mod config;
+mod diagnose;
 mod exec;
 mod faults;
 mod help;
