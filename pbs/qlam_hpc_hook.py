@@ -7,7 +7,8 @@
 #                      [--walltime HH:MM:SS]` (root; the binary drops to the user itself)
 #   execjob_launch    put the staged copy into the job's environment (pbs.event().env):
 #                     QSH_CONFIG_DIR and QLAM_ACCESS_TOKEN_FILE, or QLAM_HPC_MESSAGE when
-#                     a QLAM user must log in again (`qlam-hpc hook pbs-launch ...`)
+#                     a QLAM user must log in again (`qlam-hpc hook pbs-launch ...`, run as
+#                     the job's owner: it only reads the user's own staging directory)
 #   execjob_epilogue  stop the renewer and remove the staged copy
 #                     (`qlam-hpc hook pbs-epilogue ...`); execjob_end and execjob_abort,
 #                     if the site adds them to the hook's events, clean up the same way
@@ -42,6 +43,7 @@
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import tempfile
@@ -237,11 +239,44 @@ def _read(fh):
     return fh.read(MAX_OUTPUT).decode("utf-8", "replace")
 
 
-def run_binary(cfg, args):
+def user_identity(name):
+    """(uid, gid, groups, home) of a user, or None."""
+    try:
+        pw = pwd.getpwnam(name)
+    except (KeyError, TypeError):
+        return None
+    try:
+        groups = os.getgrouplist(name, pw.pw_gid)
+    except OSError:
+        groups = [pw.pw_gid]
+    return pw.pw_uid, pw.pw_gid, groups, pw.pw_dir
+
+
+def _drop_to(uid, gid, groups):
+    def drop():
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+    return drop
+
+
+def run_binary(cfg, args, as_user=None):
+    """Run `qlam-hpc ARGS` before the deadline. With `as_user`, the binary runs as that
+    user (groups, gid, uid set before exec) instead of root."""
     binary = find_binary(cfg)
     if binary is None:
         where = cfg.binary or " or ".join(DEFAULT_BINARIES)
         return Outcome("missing", detail="qlam-hpc not found or not executable at %s" % where)
+    env = binary_env(cfg)
+    preexec = None
+    if as_user is not None and os.geteuid() == 0:
+        ident = user_identity(as_user)
+        if ident is None:
+            return Outcome("error", detail="user %r has no password entry on this host"
+                                           % (as_user,))
+        uid, gid, groups, home = ident
+        preexec = _drop_to(uid, gid, groups)
+        env.update(HOME=home, USER=as_user, LOGNAME=as_user)
     left = deadline(cfg) - time.monotonic()
     if left < MIN_RUN:
         return Outcome("timeout", detail="no time left before the hook alarm (%gs)" % cfg.alarm)
@@ -254,8 +289,8 @@ def run_binary(cfg, args):
             # A session of its own: if pbs_mom kills this hook anyway, the binary's work
             # (a refresh in flight) is not killed with it.
             proc = subprocess.Popen([binary] + args, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, env=binary_env(cfg), cwd="/",
-                                    close_fds=True, start_new_session=True)
+                                    stderr=err, env=env, cwd="/", close_fds=True,
+                                    start_new_session=True, preexec_fn=preexec)
         except (OSError, ValueError) as exc:
             return Outcome("error", detail="cannot run %s: %s" % (binary, exc))
         try:
@@ -391,7 +426,10 @@ def prologue(cfg, event):
 def launch(cfg, event):
     job = event.job
     jid = job_id(job)
-    outcome = run_binary(cfg, job_args("pbs-launch", job, node_name()))
+    # pbs-launch only reads the user's own staging directory: it runs as the job's owner,
+    # so that nothing the user can put there makes root read a file for the job.
+    outcome = run_binary(cfg, job_args("pbs-launch", job, node_name()),
+                         as_user=job_user(job))
     decision = verdict(cfg, jid, "launch", outcome)
     if outcome.status != "exit" or outcome.code != 0:
         return decision

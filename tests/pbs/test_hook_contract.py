@@ -14,17 +14,53 @@ from pathlib import Path
 
 import pytest
 
-from pbs_helpers import FAKE_PBS, HOOK, new_job_id, run_hook
+from pbs_helpers import FAKE_PBS, HOOK, USER_NO_QLAM, ensure_user, new_job_id, run_hook
 
 
 def fake_binary(tmp_path: Path, body: str) -> str:
-    """A stand-in qlam-hpc: records its arguments and environment, then runs `body`."""
+    """A stand-in qlam-hpc: records its arguments, environment and ids, then runs `body`."""
     p = tmp_path / "fake-qlam-hpc"
     p.write_text("#!/bin/sh\n"
                  'printf "%%s\\n" "$@" > "%s/args"\n'
-                 'env > "%s/env"\n' % (tmp_path, tmp_path) + body + "\n")
+                 'env > "%s/env"\n'
+                 'printf "%%s %%s %%s\\n" "$(id -u)" "$(id -g)" "$(id -G)" > "%s/ids"\n'
+                 % (tmp_path, tmp_path, tmp_path) + body + "\n")
     p.chmod(0o755)
     return str(p)
+
+
+@pytest.fixture
+def public_dir(tmp_path_factory):
+    """A directory any user can reach and write (tmp_path sits under a 0700 directory)."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="qlam-pbs-contract-", dir="/tmp"))
+    d.chmod(0o1777)
+    yield d
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_launch_runs_as_the_job_owner_prologue_and_epilogue_as_root(public_dir, tmp_path):
+    u = ensure_user(USER_NO_QLAM)
+    b = fake_binary(public_dir, "exit 0")
+    for event, ids in (("EXECJOB_LAUNCH", (u.uid, u.gid)), ("EXECJOB_PROLOGUE", (0, 0)),
+                       ("EXECJOB_EPILOGUE", (0, 0))):
+        r = run_hook(tmp_path, event, "1.srv", u.name, config=cfg_for(b))
+        assert r.accepted, (event, r)
+        uid, gid, groups = (public_dir / "ids").read_text().split(" ", 2)
+        assert (int(uid), int(gid)) == ids, event
+        if event == "EXECJOB_LAUNCH":
+            assert sorted(int(g) for g in groups.split()) == sorted(set(u.groups()))
+            env = dict(l.split("=", 1) for l in (public_dir / "env").read_text().splitlines()
+                       if "=" in l)
+            assert env["HOME"] == str(u.home) and env["USER"] == u.name
+
+
+def test_launch_for_an_unknown_user_is_accepted(tmp_path):
+    b = fake_binary(tmp_path, "exit 0")
+    r = run_hook(tmp_path, "EXECJOB_LAUNCH", "1.srv", "no-such-user-qlam", config=cfg_for(b))
+    assert r.accepted and "no password entry" in r.log_text(), r
+    assert not (tmp_path / "args").exists()
 
 
 def cfg_for(binary: str, **extra):
@@ -55,13 +91,14 @@ def test_arguments_and_environment_passed_to_the_binary(tmp_path):
 @pytest.mark.parametrize("event,hook", [("EXECJOB_LAUNCH", "pbs-launch"),
                                         ("EXECJOB_EPILOGUE", "pbs-epilogue"),
                                         ("EXECJOB_END", "pbs-epilogue")])
-def test_other_events_pass_no_walltime(tmp_path, event, hook):
-    b = fake_binary(tmp_path, "exit 0")
-    r = run_hook(tmp_path, event, "1.srv", "bob", walltime="01:00:00", nodename="n1",
+def test_other_events_pass_no_walltime(public_dir, tmp_path, event, hook):
+    u = ensure_user(USER_NO_QLAM)
+    b = fake_binary(public_dir, "exit 0")
+    r = run_hook(tmp_path, event, "1.srv", u.name, walltime="01:00:00", nodename="n1",
                  config=cfg_for(b))
     assert r.accepted, r
-    assert (tmp_path / "args").read_text().splitlines() == [
-        "hook", hook, "--job=1.srv", "--user=bob", "--node=n1"]
+    assert (public_dir / "args").read_text().splitlines() == [
+        "hook", hook, "--job=1.srv", "--user=" + u.name, "--node=n1"]
 
 
 def test_unusual_node_name_is_left_to_the_binary(tmp_path):
@@ -72,8 +109,9 @@ def test_unusual_node_name_is_left_to_the_binary(tmp_path):
     assert not any(a.startswith("--node") for a in (tmp_path / "args").read_text().splitlines())
 
 
-def test_launch_copies_only_its_variables_verbatim(tmp_path):
-    b = fake_binary(tmp_path, r'''cat <<'EOF'
+def test_launch_copies_only_its_variables_verbatim(public_dir, tmp_path):
+    u = ensure_user(USER_NO_QLAM)
+    b = fake_binary(public_dir, r'''cat <<'EOF'
 QSH_CONFIG_DIR=/run/qlam-hpc/1000/1.srv-n1
 QLAM_ACCESS_TOKEN_FILE=/run/qlam-hpc/1000/1.srv-n1/access_token
 LD_PRELOAD=/tmp/evil.so
@@ -81,7 +119,7 @@ PATH=/tmp
 not a variable
 QLAM_HPC_MESSAGE=a, b; c="d" = e
 EOF''')
-    r = run_hook(tmp_path, "EXECJOB_LAUNCH", "1.srv", "bob", config=cfg_for(b),
+    r = run_hook(tmp_path, "EXECJOB_LAUNCH", "1.srv", u.name, config=cfg_for(b),
                  env={"PATH": "/usr/bin:/bin", "HOME": "/home/bob"})
     assert r.accepted, r
     assert r.env == {"PATH": "/usr/bin:/bin", "HOME": "/home/bob",
@@ -92,10 +130,11 @@ EOF''')
 
 
 @pytest.mark.parametrize("event", ["EXECJOB_PROLOGUE", "EXECJOB_LAUNCH"])
-def test_non_zero_exit_rejects_with_the_binary_message(tmp_path, event):
-    b = fake_binary(tmp_path, 'echo "qlam-hpc hook: job 1.srv: login required (enforced)" >&2\n'
-                              "exit 1")
-    r = run_hook(tmp_path, event, "1.srv", "bob", config=cfg_for(b))
+def test_non_zero_exit_rejects_with_the_binary_message(public_dir, tmp_path, event):
+    u = ensure_user(USER_NO_QLAM)
+    b = fake_binary(public_dir, 'echo "qlam-hpc hook: job 1.srv: login required (enforced)" >&2\n'
+                                "exit 1")
+    r = run_hook(tmp_path, event, "1.srv", u.name, config=cfg_for(b))
     assert r.outcome == "reject", r
     assert "login required (enforced)" in r.reject_msg and "exit 1" in r.reject_msg
     assert r.env is None or "QSH_CONFIG_DIR" not in r.env
