@@ -27,6 +27,13 @@ if [ -n "${QLAM_ACCESS_TOKEN_FILE:-}" ] && [ -r "$QLAM_ACCESS_TOKEN_FILE" ]; the
     }
     QLAM_ACCESS_TOKEN=$(cat "$QLAM_ACCESS_TOKEN_FILE")
     export QLAM_ACCESS_TOKEN
+    # The hooks write the staged token's expiry beside it.
+    _qlam_hpc_exp="$(dirname "$QLAM_ACCESS_TOKEN_FILE")/expires_at"
+    if [ -r "$_qlam_hpc_exp" ]; then
+        QLAM_TOKEN_EXPIRES_AT=$(cat "$_qlam_hpc_exp")
+        export QLAM_TOKEN_EXPIRES_AT
+    fi
+    unset _qlam_hpc_exp
 else
     qlam_token() {
         "$_qlam_hpc_bin" token --min-ttl 5m

@@ -270,7 +270,11 @@ fn lock_checks(
             .then(|| "the store directory must be writable".to_string()),
     ));
     if probe.ofd.is_ok() {
-        checks.push(cross_process_test(&st.lock_file, opts));
+        checks.push(cross_process_test(
+            &st.lock_file,
+            opts,
+            session.settings.lock,
+        ));
     }
     let (method, reason) = if matches!(coherence, Some(LockCoherence::NodeLocal(_))) {
         (
@@ -301,7 +305,7 @@ fn lock_checks(
 
 /// Hold an OFD lock here and let a second process (optionally through `peer_path`, the same
 /// store seen through another mount) try to take it: it must see the conflict.
-fn cross_process_test(lock_file: &Path, opts: &DoctorOptions) -> Check {
+fn cross_process_test(lock_file: &Path, opts: &DoctorOptions, configured: LockMethod) -> Check {
     let held = match store::lock::try_ofd_once(lock_file) {
         Ok(Some(f)) => f,
         Ok(None) => {
@@ -326,7 +330,7 @@ fn cross_process_test(lock_file: &Path, opts: &DoctorOptions) -> Check {
         None => lock_file.to_path_buf(),
     };
     let out = Command::new(&opts.exe)
-        .args(["doctor", "--lock-probe"])
+        .args([crate::hooks::INTERNAL_CMD, "lock-probe"])
         .arg(&peer_file)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -339,6 +343,12 @@ fn cross_process_test(lock_file: &Path, opts: &DoctorOptions) -> Check {
         .unwrap_or_default();
     match out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()) {
         Ok(s) if s == "busy" => check("lock coherence", Level::Ok, format!("a second process{via} sees the lock held by this one"), None),
+        Ok(s) if s == "taken" && configured == LockMethod::Lease => check(
+            "lock coherence",
+            Level::Warn,
+            format!("a second process{via} took the OFD lock this one holds: fcntl locks are not coherent here"),
+            Some("lock = \"lease\" is configured, which does not rely on them; tell the admins".into()),
+        ),
         Ok(s) if s == "taken" => check(
             "lock coherence",
             Level::Fail,

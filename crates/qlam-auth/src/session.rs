@@ -227,22 +227,26 @@ impl Session {
         let req = browser::prepare(&net.discovery, &self.settings.provider)?;
         let listener = browser::listen(self.settings.provider.redirect_port)?;
         show(&req.url);
-        let code = browser::wait_for_code(&listener, &req, timeout)?;
+        let (code, page) = browser::wait_for_code(&listener, &req, timeout)?;
         drop(listener);
         let secret = self.client_secret()?;
-        let (tokens, sent) = browser::exchange(
+        let exchanged = browser::exchange(
             &net.http,
             &net.discovery,
             &self.settings.provider,
             &req,
             &code,
             secret.as_ref(),
-        )?;
-        let sent = sent
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        self.save_login(&tokens, sent, "authorization_code")
+        );
+        let result = exchanged.and_then(|(tokens, sent)| {
+            let sent = sent
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.save_login(&tokens, sent, "authorization_code")
+        });
+        browser::finish(page, result.as_ref().map(|_| ()).map_err(|e| e.message()));
+        result
     }
 
     /// Revoke the stored refresh token at the IdP (RFC 7009). Returns whether there was one.

@@ -122,12 +122,6 @@ pub(crate) enum Command {
         /// Skip the checks that need the network.
         #[arg(long)]
         offline: bool,
-        /// Internal: try the lock once and report.
-        #[arg(long, hide = true, value_name = "PATH")]
-        lock_probe: Option<PathBuf>,
-        /// Internal: one task of the cross-node lock test.
-        #[arg(long, hide = true, value_name = "PATH")]
-        node_lock_test: Option<PathBuf>,
     },
     /// Check at submit time that the login outlives a job: exits 41 with advice if not.
     Check {
@@ -180,28 +174,19 @@ pub(crate) enum HookName {
     PbsLaunch,
     /// PBS execjob_epilogue (root).
     PbsEpilogue,
-    /// Internal: the user side of a prologue.
-    #[value(hide = true)]
-    StageAsUser,
-    /// Internal: the renewer of a long job's staged token.
-    #[value(hide = true)]
-    RenewAsUser,
-    /// Internal: the user side of an epilogue.
-    #[value(hide = true)]
-    UnstageAsUser,
 }
 
-/// Arguments the hooks pass to their user-side steps.
+/// Arguments of the PBS hooks (and, internally, of the hooks' user-side steps).
 #[derive(clap::Args, Debug, Default)]
 pub(crate) struct HookArgs {
-    /// Job id.
-    #[arg(long, hide = true)]
+    /// PBS: the job id.
+    #[arg(long, value_name = "ID")]
     pub(crate) job: Option<String>,
-    /// Node name.
-    #[arg(long, hide = true)]
+    /// PBS: this node's name (default: the short host name).
+    #[arg(long, value_name = "NODE")]
     pub(crate) node: Option<String>,
-    /// Job end time (unix seconds).
-    #[arg(long, hide = true)]
+    /// Job end time (unix seconds), set by the hooks for their user-side steps.
+    #[arg(skip)]
     pub(crate) end: Option<i64>,
     /// PBS: the job owner's user name.
     #[arg(long, value_name = "NAME")]

@@ -17,8 +17,6 @@ pub(crate) struct DoctorArgs {
     pub(crate) nodes: bool,
     pub(crate) peer_path: Option<PathBuf>,
     pub(crate) offline: bool,
-    pub(crate) lock_probe: Option<PathBuf>,
-    pub(crate) node_lock_test: Option<PathBuf>,
 }
 
 fn exe() -> Result<PathBuf, Error> {
@@ -33,28 +31,6 @@ pub(crate) fn doctor(
     args: &DoctorArgs,
     printer: &Printer,
 ) -> Result<i32, Error> {
-    if let Some(p) = &args.lock_probe {
-        printer.result(&format!("{}\n", doctor::lock_probe_peer(p)));
-        return Ok(0);
-    }
-    if let Some(p) = &args.node_lock_test {
-        let procid = ctx
-            .var("SLURM_PROCID")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        return match doctor::node_lock_test(p, procid) {
-            Ok(line) => {
-                if !line.is_empty() {
-                    printer.result(&format!("{line}\n"));
-                }
-                Ok(if line.starts_with("NOT") { 1 } else { 0 })
-            }
-            Err(e) => {
-                printer.result(&format!("error: {e}\n"));
-                Ok(1)
-            }
-        };
-    }
     let overrides = Overrides {
         context: cli.context.clone(),
         provider: cli.provider.clone(),
@@ -128,7 +104,7 @@ fn nodes_test(cli: &Cli, ctx: &Ctx) -> Result<(bool, String), Error> {
     let out = std::process::Command::new("srun")
         .args(["-N2", "-n2", "--ntasks-per-node=1", "--kill-on-bad-exit=0"])
         .arg(exe()?)
-        .args(["doctor", "--node-lock-test"])
+        .args([qlam_auth::hooks::INTERNAL_CMD, "node-lock-test"])
         .arg(&session.store.lock_file)
         .stdin(std::process::Stdio::null())
         .output()
@@ -196,26 +172,31 @@ pub(crate) fn check(
     printer: &Printer,
 ) -> Result<i32, Error> {
     let usage = |m: String| Error::new(ErrorKind::Usage, m);
-    if session.settings.provider.is_m2m() {
-        printer.info("ok: this provider mints M2M tokens on demand; there is no login to expire");
-        return Ok(0);
-    }
-    if matches!(
+    let unlimited = matches!(
         time.trim().to_ascii_uppercase().as_str(),
         "UNLIMITED" | "INFINITE"
-    ) {
-        return Err(
-            Error::auth("a job without a time limit can outlive any login")
-                .with_hint("give the job a --time, or use an M2M provider for it"),
-        );
-    }
-    let walltime = parse_walltime(time).map_err(|e| usage(format!("--time: {e}")))?;
+    );
+    let walltime = if unlimited {
+        Duration::MAX
+    } else {
+        parse_walltime(time).map_err(|e| usage(format!("--time: {e}")))?
+    };
     let begin = match begin {
         Some(b) => {
             qlam_auth::duration::parse_duration(b).map_err(|e| usage(format!("--begin: {e}")))?
         }
         None => Duration::ZERO,
     };
+    if session.settings.provider.is_m2m() {
+        printer.info("ok: this provider mints M2M tokens on demand; there is no login to expire");
+        return Ok(0);
+    }
+    if unlimited {
+        return Err(
+            Error::auth("a job without a time limit can outlive any login")
+                .with_hint("give the job a --time, or use an M2M provider for it"),
+        );
+    }
     let status = session.status()?;
     if !status.logged_in {
         return Err(

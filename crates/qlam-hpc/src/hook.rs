@@ -135,7 +135,7 @@ fn is_qlam_user(ctx: &Ctx) -> bool {
     qsh.config_file.exists() || qsh.credentials_dir.is_dir() || user_cfg.exists()
 }
 
-fn stage_as_user(ctx: Ctx, args: &HookArgs, printer: &Printer) -> Result<i32, Error> {
+pub(crate) fn stage_as_user(ctx: Ctx, args: &HookArgs, printer: &Printer) -> Result<i32, Error> {
     let (_hooks, paths, end) = job_paths(&ctx, args)?;
     if !is_qlam_user(&ctx) {
         return Ok(EXIT_NOT_CONFIGURED);
@@ -163,7 +163,7 @@ fn stage_as_user(ctx: Ctx, args: &HookArgs, printer: &Printer) -> Result<i32, Er
             if staged.needs_renewer {
                 let mut cmd = Command::new(exe()?);
                 cmd.args([
-                    "hook",
+                    qlam_auth::hooks::INTERNAL_CMD,
                     "renew-as-user",
                     "--job",
                     args.job.as_deref().unwrap_or_default(),
@@ -203,7 +203,7 @@ fn stage_as_user(ctx: Ctx, args: &HookArgs, printer: &Printer) -> Result<i32, Er
     }
 }
 
-fn renew_as_user(ctx: Ctx, args: &HookArgs) -> Result<i32, Error> {
+pub(crate) fn renew_as_user(ctx: Ctx, args: &HookArgs) -> Result<i32, Error> {
     let (_hooks, paths, end) = job_paths(&ctx, args)?;
     let settings = config::load(&ctx, &Overrides::default())?;
     let session = Session::new(ctx, settings);
@@ -211,7 +211,7 @@ fn renew_as_user(ctx: Ctx, args: &HookArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-fn unstage_as_user(ctx: Ctx, args: &HookArgs, printer: &Printer) -> Result<i32, Error> {
+pub(crate) fn unstage_as_user(ctx: Ctx, args: &HookArgs, printer: &Printer) -> Result<i32, Error> {
     let (_hooks, paths, _end) = job_paths(&ctx, args)?;
     let removed = stage::unstage(&paths)?;
     printer.result(if removed {
@@ -267,9 +267,6 @@ pub(crate) fn run(
             }
             Ok(0)
         }
-        HookName::StageAsUser => stage_as_user(ctx, args, printer),
-        HookName::RenewAsUser => renew_as_user(ctx, args),
-        HookName::UnstageAsUser => unstage_as_user(ctx, args, printer),
         HookName::PbsPrologue | HookName::PbsEpilogue => {
             let job_id = args
                 .job

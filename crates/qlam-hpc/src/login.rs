@@ -88,7 +88,7 @@ impl LoginObserver for Observer<'_> {
                 }
             }
         }
-        self.printer.info(&text);
+        self.printer.notice(&text);
     }
 }
 
@@ -183,7 +183,7 @@ fn browser_login(session: &Session, opts: &LoginOptions, printer: &Printer) -> R
             ));
         }
         text.push_str("Waiting for the login to finish...");
-        printer.info(&text);
+        printer.notice(&text);
     };
     let file = session.login_browser(&mut show, BROWSER_TIMEOUT)?;
     logged_in(session, &file, printer)

@@ -8,6 +8,7 @@ mod demo;
 mod diagnose;
 mod exec;
 mod hook;
+mod internal;
 mod login;
 mod output;
 
@@ -20,6 +21,16 @@ use crate::cli::{Cli, Command, Output};
 use crate::output::Printer;
 
 fn main() {
+    // The hooks' and doctor's internal steps are not part of the command line users see.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(qlam_auth::hooks::INTERNAL_CMD) {
+        let printer = Printer {
+            verbose: 0,
+            quiet: false,
+            json: false,
+        };
+        std::process::exit(internal::run(&argv[2..], Ctx::from_process(), &printer));
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -106,15 +117,11 @@ fn run(cli: Cli, ctx: Ctx, printer: &Printer) -> Result<i32, Error> {
             nodes,
             peer_path,
             offline,
-            lock_probe,
-            node_lock_test,
         } => {
             let opts = diagnose::DoctorArgs {
                 nodes: *nodes,
                 peer_path: peer_path.clone(),
                 offline: *offline,
-                lock_probe: lock_probe.clone(),
-                node_lock_test: node_lock_test.clone(),
             };
             diagnose::doctor(&cli, ctx, &opts, printer)
         }
@@ -129,12 +136,7 @@ fn run(cli: Cli, ctx: Ctx, printer: &Printer) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            let mut out = Vec::new();
-            clap_mangen::Man::new(cmd)
-                .render(&mut out)
-                .map_err(|e| Error::internal(format!("rendering the man page: {e}")))?;
-            printer.result(&String::from_utf8_lossy(&out));
+            printer.result(&man_page()?);
             Ok(0)
         }
         Command::Hook { name, args } => hook::run(*name, args, ctx, printer),
@@ -142,4 +144,35 @@ fn run(cli: Cli, ctx: Ctx, printer: &Printer) -> Result<i32, Error> {
             exec::run(&session(&cli, ctx)?, min_ttl.as_deref(), command, printer)
         }
     }
+}
+
+/// The man page: the main page, then each command's usage and options, so that one page
+/// documents every flag.
+fn man_page() -> Result<String, Error> {
+    let err = |e: std::io::Error| Error::internal(format!("rendering the man page: {e}"));
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut out)
+        .map_err(err)?;
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = sub.get_name();
+        out.extend_from_slice(format!(".SH \"QLAM\\-HPC {}\"\n", name.to_uppercase()).as_bytes());
+        let mut section = Vec::new();
+        let page = clap_mangen::Man::new(sub.clone().bin_name(format!("qlam-hpc {name}")));
+        page.render_synopsis_section(&mut section).map_err(err)?;
+        page.render_description_section(&mut section).map_err(err)?;
+        page.render_options_section(&mut section).map_err(err)?;
+        // Nest the command's sections under its heading.
+        let text = String::from_utf8_lossy(&section)
+            .replace(".SH SYNOPSIS", ".SS Synopsis")
+            .replace(".SH DESCRIPTION", ".SS Description")
+            .replace(".SH OPTIONS", ".SS Options");
+        out.extend_from_slice(text.as_bytes());
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

@@ -33,6 +33,11 @@ impl Printer {
         }
     }
 
+    /// What a person must see to go on (a login URL and code): stderr, even with -q.
+    pub(crate) fn notice(&self, text: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    }
+
     /// A warning (stderr; silenced by -q).
     pub(crate) fn warn(&self, text: &str) {
         if !self.quiet {

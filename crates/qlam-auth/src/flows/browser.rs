@@ -107,11 +107,13 @@ fn html_escape(s: &str) -> String {
 
 /// Wait for the browser's redirect carrying the code. Callbacks with the wrong `state` are
 /// refused and waiting goes on; an `error` from the IdP with the right state ends the login.
+/// The stream is returned open so the page shown to the user can report how the code
+/// exchange went (see [`finish`]).
 pub fn wait_for_code(
     listener: &TcpListener,
     req: &AuthRequest,
     timeout: Duration,
-) -> Result<Secret> {
+) -> Result<(Secret, TcpStream)> {
     let deadline = Instant::now() + timeout;
     listener
         .set_nonblocking(true)
@@ -182,12 +184,24 @@ pub fn wait_for_code(
             .with_hint("run `qlam-hpc login` again"));
         }
         match get("code") {
-            Some(code) if !code.is_empty() => {
-                respond(&mut stream, "200 OK", PAGE_OK);
-                return Ok(Secret::new(code));
-            }
+            Some(code) if !code.is_empty() => return Ok((Secret::new(code), stream)),
             _ => respond(&mut stream, "400 Bad Request", "missing code"),
         }
+    }
+}
+
+/// Tell the browser how the login ended.
+pub fn finish(mut stream: TcpStream, outcome: std::result::Result<(), &str>) {
+    match outcome {
+        Ok(()) => respond(&mut stream, "200 OK", PAGE_OK),
+        Err(why) => respond(
+            &mut stream,
+            "500 Internal Server Error",
+            &format!(
+                "<!doctype html><title>qlam-hpc</title><h1>Login failed</h1><p>{}</p><p>See the terminal.</p>",
+                html_escape(why)
+            ),
+        ),
     }
 }
 

@@ -4,6 +4,10 @@
 //! stage an access-token-only copy of the credentials in QLAM Core's layout under a
 //! node-local, job-private directory, keep it renewed for long jobs, and remove it.
 
+/// The first argument of qlam-hpc's internal steps (the hooks' user side, the renewer,
+/// doctor's lock probes): not part of the documented command line.
+pub const INTERNAL_CMD: &str = "__internal";
+
 pub mod pbs;
 pub mod privs;
 pub mod slurm;

@@ -68,7 +68,7 @@ pub fn epilogue(
         return Ok(HookOutcome::Skipped("nothing staged".into()));
     }
     let outcome = slurm::run_user_side(ctx, exe, "unstage-as-user", job, user, None)?;
-    let _ = std::fs::remove_dir(&user_dir);
+    // <stage_dir>/<uid> stays: another job's Prolog of the same user may be using it.
     Ok(outcome)
 }
 
@@ -89,16 +89,32 @@ pub fn launch_env(hooks: &HookSettings, job: &JobRef) -> Result<Vec<(String, Str
             ),
         ]);
     }
-    let reason_is_file =
-        std::fs::symlink_metadata(&paths.reason_file).is_ok_and(|m| m.file_type().is_file());
-    if reason_is_file {
-        if let Ok(reason) = std::fs::read_to_string(&paths.reason_file) {
-            let one_line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
-            return Ok(vec![(
-                "QLAM_HPC_MESSAGE".to_string(),
-                format!("qlam-hpc: no QLAM token was staged for this job: {one_line}"),
-            )]);
-        }
+    // Root reads a file in a directory the user owns: never through a symlink, and only a
+    // small regular file.
+    if let Some(reason) = read_small_regular_file(&paths.reason_file) {
+        let one_line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+        return Ok(vec![(
+            "QLAM_HPC_MESSAGE".to_string(),
+            format!("qlam-hpc: no QLAM token was staged for this job: {one_line}"),
+        )]);
     }
     Ok(Vec::new())
+}
+
+/// Read at most 4 KiB of `path` if it is a regular file, opening it with `O_NOFOLLOW` and
+/// checking the opened file itself (no window between a check and the read).
+fn read_small_regular_file(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.file_type().is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(4096).read_to_string(&mut text).ok()?;
+    Some(text)
 }

@@ -212,7 +212,14 @@ pub fn run_user_side(
     end: Option<f64>,
 ) -> Result<HookOutcome> {
     let mut cmd = Command::new(exe);
-    cmd.args(["hook", action, "--job", &job.job_id, "--node", &job.node]);
+    cmd.args([
+        super::INTERNAL_CMD,
+        action,
+        "--job",
+        &job.job_id,
+        "--node",
+        &job.node,
+    ]);
     if let Some(e) = end {
         cmd.args(["--end", &format!("{}", e.floor() as i64)]);
     }
@@ -268,7 +275,7 @@ pub fn epilog(ctx: &Ctx, hooks: &HookSettings, exe: &Path) -> Result<HookOutcome
     }
     let outcome = run_user_side(ctx, exe, "unstage-as-user", &job, &user, None)?;
     // Empty per-user directories are removed; rmdir never follows a symlink.
-    let _ = std::fs::remove_dir(&user_dir);
+    // <stage_dir>/<uid> stays: another job's Prolog of the same user may be using it.
     Ok(outcome)
 }
 

@@ -20,6 +20,8 @@ pub struct StagePaths {
     pub dir: PathBuf,
     /// The plain access token (`QLAM_ACCESS_TOKEN_FILE`).
     pub token_file: PathBuf,
+    /// The staged token's expiry in unix seconds.
+    pub expires_file: PathBuf,
     /// Why nothing was staged, for the job to read.
     pub reason_file: PathBuf,
     /// The renewer's pid.
@@ -52,6 +54,7 @@ impl StagePaths {
         ));
         Ok(StagePaths {
             token_file: dir.join("access_token"),
+            expires_file: dir.join("expires_at"),
             reason_file: dir.join("not-staged.txt"),
             renewer_pid_file: dir.join("renewer.pid"),
             dir,
@@ -146,6 +149,14 @@ pub fn write_staged(session: &Session, paths: &StagePaths, file: &StoreFile) -> 
         0o600,
         false,
     )?;
+    // The expiry beside it, for job scripts that export QLAM_TOKEN_EXPIRES_AT.
+    let expires = file.expires_at_unix().map_or(0, |e| e.floor() as i64);
+    fsutil::write_atomic(
+        &paths.expires_file,
+        format!("{expires}\n").as_bytes(),
+        0o600,
+        false,
+    )?;
     let _ = std::fs::remove_file(&paths.reason_file);
     Ok(())
 }
@@ -213,28 +224,32 @@ pub fn renew_loop(
         ))))
         .ok()
         .and_then(|b| crate::store::Store::parse(&b, &paths.dir).ok());
-        // Renew when less than the margin is left: a quarter of the IdP's lifetime, at most
-        // 10 minutes (QLAM Core itself treats tokens as expired 5 minutes early).
-        let (expires, margin) = match &staged {
+        // Renew when less than the threshold is left: up to 10 minutes (QLAM Core itself
+        // treats tokens as expired 5 minutes early), never more than the job still needs,
+        // capped at half the IdP's lifetime exactly as `ensure` caps it, so that a wake-up
+        // always finds `ensure` willing to refresh (no busy loop).
+        let want = wanted_ttl(now, until).min(Duration::from_secs(600));
+        let (expires, threshold) = match &staged {
             Some(f) => (
                 f.expires_at_unix().unwrap_or(f64::MAX),
-                effective_min_ttl(f, Duration::from_secs(600))
-                    .max(30.0)
-                    .min(600.0)
-                    / 1.0,
+                effective_min_ttl(f, want),
             ),
-            None => (now, 0.0),
+            None => (now, want.as_secs_f64()),
         };
-        let wake = expires - margin;
+        let wake = expires - threshold;
         if now >= wake {
-            let want = wanted_ttl(now, until);
-            match session.ensure(want, false) {
-                Ok(e) => write_staged(session, paths, &e.file)?,
-                Err(e) if e.kind() == ErrorKind::Auth => return Err(e),
-                Err(_) => {
-                    sleep(Duration::from_secs(30));
-                    continue;
+            match session.ensure(Duration::from_secs_f64(threshold), false) {
+                Ok(e) => {
+                    let renewed = e.file.expires_at_unix().unwrap_or(f64::MAX) != expires;
+                    write_staged(session, paths, &e.file)?;
+                    if !renewed {
+                        // The store's token is the staged one (e.g. the IdP issued no longer
+                        // token yet): try again a little later instead of spinning.
+                        sleep(Duration::from_secs(5));
+                    }
                 }
+                Err(e) if e.kind() == ErrorKind::Auth => return Err(e),
+                Err(_) => sleep(Duration::from_secs(30)),
             }
             continue;
         }

@@ -1090,7 +1090,6 @@ fn browser_login_is_refused_inside_a_batch_job() {
 }
 
 #[test]
-#[ignore = "bug: with -q, `login --browser --no-browser` prints the URL nowhere (it goes through Printer::info, which -q silences) and then waits 300 s for a login nobody can start; -q should not hide what the user must act on"]
 fn quiet_browser_login_still_shows_the_url() {
     let (env, port) = browser_env(fast_idp_config());
     let mut p = LoginProc::spawn(command(
