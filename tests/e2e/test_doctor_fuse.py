@@ -227,10 +227,6 @@ def test_doctor_peer_path_through_a_second_mount_is_not_coherent(idp_factory, hp
     hpc.run("refresh", "--force", check=0, timeout=120)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: doctor --peer-path still reports [FAIL] lock coherence and exits 1 after the user "
-    "follows its advice (lock = \"lease\" / QLAM_LOCK=lease); with the lease method configured "
-    "fcntl coherence no longer matters, so this should not be a failure"))
 def test_doctor_peer_path_after_following_the_lease_advice(idp_factory, hpc_factory, lockfs_mount,
                                                            tmp_path):
     root = tmp_path / "lower"
