@@ -13,9 +13,9 @@ import time
 import pytest
 
 from pbs_helpers import (
-    ACCESS_TTL, SHORT_HOST, STORE_NAME, age_token, assert_private_stage, fp, hook_config,
-    new_job_id, qlam_core_token, run_hook, sha256, staged_token, store_tokens, user_processes,
-    wait_for,
+    ACCESS_TTL, STORE_NAME, age_token, assert_private_stage, fp, hook_config,
+    new_job_id, qlam_core_token, run_as, run_hook, sha256, staged_token, store_tokens,
+    user_processes, wait_for,
 )
 
 LAUNCH_KEYS = ("QSH_CONFIG_DIR", "QLAM_ACCESS_TOKEN_FILE", "QLAM_HPC_MESSAGE")
@@ -53,6 +53,15 @@ def test_prologue_launch_epilogue_stage_and_clean_up(inst, user, work):
     # The job's own variables are untouched.
     for k, v in job_env.items():
         assert la.env[k] == v
+
+    # A job script sourcing qlam-hpc-job.sh with that environment uses the staged copy
+    # (QLAM_HPC_BIN=/bin/false: nothing else could give it a token).
+    job_sh = ('. "%s" || exit $?; printf %%s "$QLAM_ACCESS_TOKEN" | sha256sum | cut -c1-64'
+              % inst.job_sh)
+    r = run_as(user, ["/bin/sh", "-c", job_sh],
+               dict(la.env, PATH="/usr/bin:/bin", QLAM_HPC_BIN="/bin/false"))
+    assert r.returncode == 0, r.why()
+    assert r.stdout.strip() == sha256(staged_token(d))
 
     # QLAM Core in the job (as the user, QSH_CONFIG_DIR from the launch hook) reads the
     # staged credential: a valid token, and no refresh token to be had.
@@ -309,17 +318,12 @@ def test_stage_dir_layout_matches_qlam_core(inst, user, work):
         assert run_hook(work, "EXECJOB_EPILOGUE", job, user.name, config=cfg).accepted
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the epilogue (pbs::epilogue, as slurm::epilog) removes <stage_dir>/<uid> when it "
-    "is empty, while another job's prologue of the same user has prepared it "
-    "(prepare_stage_root) and is still refreshing; stage-as-user then fails to create "
-    "<uid>/<job>-<node> (exit 60, 'No such file or directory') and the job gets no token "
-    "(under enforce = true it is rejected)"))
 def test_epilogue_of_one_job_does_not_break_staging_of_another(inst, idp, slow_user, work):
     """Two jobs of one user on one host: job A ends while job B's prologue is still
-    refreshing the token. A's epilogue removes A's directory and then the (momentarily
-    empty) per-user directory <stage_dir>/<uid>, which B's prologue had prepared: B must
-    still get its staged copy."""
+    refreshing the token. A's epilogue removes A's directory; B must still get its staged
+    copy. (Found as a bug: the epilogue also removed the momentarily empty per-user
+    directory <stage_dir>/<uid> that B's prologue had prepared, and B's staging failed
+    with exit 60; fixed: per-user directories are kept.)"""
     import threading
 
     u = slow_user

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 
 from pbs_helpers import (
     SHORT_HOST, TORQUE, assert_private_stage, fp, new_job_id, run_as, run_torque,
