@@ -116,13 +116,6 @@ def symlinked_job_dir(inst, must_login_user, no_qlam_user, work):
         run_hook(work, "EXECJOB_EPILOGUE", job_b, b.name, config=cfg)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (low severity): `qlam-hpc hook pbs-launch` run as root opens "
-    "<stage_dir>/<uid>/<job>-<node>/not-staged.txt with O_NOFOLLOW on the last component "
-    "only; the job's user can make <job>-<node> a symlink to another user's job directory "
-    "and get that user's reason text (their home path, their error) as QLAM_HPC_MESSAGE "
-    "(pbs::launch_env: check that the job directory itself is a real directory of the "
-    "user, e.g. open it with O_NOFOLLOW|O_DIRECTORY and use openat, or read as the user)"))
 def test_binary_as_root_does_not_read_another_users_reason(inst, symlinked_job_dir):
     a, job_a, _cfg = symlinked_job_dir
     r = subprocess.run([str(inst.bin), "hook", "pbs-launch", "--job=" + job_a, "--user=" + a.name],

@@ -72,12 +72,20 @@ pub fn epilogue(
     Ok(outcome)
 }
 
-/// execjob_launch: `KEY=VALUE` lines for the job's environment.
+/// execjob_launch: `KEY=VALUE` lines for the job's environment. Root reads inside a
+/// directory the user owns, so every step is opened relative to the last without following
+/// symlinks, and the job directory must belong to the job's owner.
 pub fn launch_env(hooks: &HookSettings, job: &JobRef) -> Result<Vec<(String, String)>> {
     let paths = job.paths(&hooks.stage_dir)?;
-    let token_is_file =
-        std::fs::symlink_metadata(&paths.token_file).is_ok_and(|m| m.file_type().is_file());
-    if token_is_file {
+    let Some(dir) = open_job_dir(&hooks.stage_dir, job) else {
+        return Ok(Vec::new());
+    };
+    let is_regular = |name: &str| {
+        open_in(&dir, name)
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| m.file_type().is_file())
+    };
+    if is_regular("access_token") {
         return Ok(vec![
             (
                 EnvVars::QSH_CONFIG_DIR.to_string(),
@@ -89,9 +97,12 @@ pub fn launch_env(hooks: &HookSettings, job: &JobRef) -> Result<Vec<(String, Str
             ),
         ]);
     }
-    // Root reads a file in a directory the user owns: never through a symlink, and only a
-    // small regular file.
-    if let Some(reason) = read_small_regular_file(&paths.reason_file) {
+    let reason_name = paths
+        .reason_file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("not-staged.txt");
+    if let Some(reason) = open_in(&dir, reason_name).and_then(read_small_regular_file) {
         let one_line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
         return Ok(vec![(
             "QLAM_HPC_MESSAGE".to_string(),
@@ -101,16 +112,48 @@ pub fn launch_env(hooks: &HookSettings, job: &JobRef) -> Result<Vec<(String, Str
     Ok(Vec::new())
 }
 
-/// Read at most 4 KiB of `path` if it is a regular file, opening it with `O_NOFOLLOW` and
-/// checking the opened file itself (no window between a check and the read).
-fn read_small_regular_file(path: &Path) -> Option<String> {
+fn nofollow(dir: bool) -> nix::fcntl::OFlag {
+    use nix::fcntl::OFlag;
+    let base = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    if dir { base | OFlag::O_DIRECTORY } else { base }
+}
+
+/// `<stage_dir>/<uid>/<job>-<node>`, opened step by step without following symlinks; `None`
+/// unless it is a directory owned by the job's owner.
+fn open_job_dir(stage_dir: &Path, job: &JobRef) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let root = nix::fcntl::open(stage_dir, nofollow(true), nix::sys::stat::Mode::empty()).ok()?;
+    let user = nix::fcntl::openat(
+        &root,
+        job.uid.to_string().as_str(),
+        nofollow(true),
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let name = job.paths(stage_dir).ok()?.dir.file_name()?.to_os_string();
+    let dir = std::fs::File::from(
+        nix::fcntl::openat(
+            &user,
+            name.as_os_str(),
+            nofollow(true),
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?,
+    );
+    let meta = dir.metadata().ok()?;
+    (meta.is_dir() && meta.uid() == job.uid).then_some(dir)
+}
+
+/// A file inside an opened directory, without following a symlink.
+fn open_in(dir: &std::fs::File, name: &str) -> Option<std::fs::File> {
+    nix::fcntl::openat(dir, name, nofollow(false), nix::sys::stat::Mode::empty())
+        .ok()
+        .map(std::fs::File::from)
+}
+
+/// At most 4 KiB of an opened file, if it is a regular file.
+fn read_small_regular_file(f: std::fs::File) -> Option<String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
     if !f.metadata().ok()?.file_type().is_file() {
         return None;
     }

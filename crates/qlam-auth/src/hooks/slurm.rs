@@ -194,6 +194,8 @@ fn user_env(ctx: &Ctx, user: &JobUser, job: &JobRef) -> Vec<(String, String)> {
         EnvVars::HTTPS_PROXY,
         EnvVars::NO_PROXY,
         EnvVars::QLAM_HPC_RUNTIME_DIR,
+        EnvVars::QLAM_REFRESH_DEADLINE,
+        EnvVars::QLAM_LOCK_TIMEOUT,
     ] {
         if let Some(v) = ctx.var(k) {
             env.push((k.to_string(), v.to_string()));
