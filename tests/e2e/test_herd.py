@@ -7,8 +7,6 @@ an outage. The store must come out of each herd intact.
 
 from __future__ import annotations
 
-import pytest
-
 from idp import Hpc, TestIdP, fp, hpc_factory, idp_factory  # noqa: F401  (fixtures)
 
 HERD = 300
