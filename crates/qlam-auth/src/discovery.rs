@@ -73,7 +73,7 @@ pub fn fetch(http: &HttpClient, base_url: &str) -> std::result::Result<Discovery
     let oidc = format!("{base}/.well-known/openid-configuration");
     match http.get_json(&oidc) {
         Ok(v) => parse(v, &oidc),
-        Err(Failure::Status(404 | 403 | 405)) | Err(Failure::OAuth { status: 404, .. }) => {
+        Err(Failure::Status(403..=405)) | Err(Failure::OAuth { status: 404, .. }) => {
             let rfc8414 = format!("{base}/.well-known/oauth-authorization-server");
             http.get_json(&rfc8414).and_then(|v| parse(v, &rfc8414))
         }
@@ -92,17 +92,16 @@ pub fn discover(
 ) -> Result<Discovery> {
     let cache = cache_dir.map(|d| cache_path(d, base_url));
     let cached = cache.as_deref().and_then(|p| read_cache(p, base_url));
-    if let Some((at, d)) = &cached {
-        if now - at < CACHE_TTL_SECS && now >= *at {
+    if let Some((at, d)) = &cached
+        && now - at < CACHE_TTL_SECS && now >= *at {
             return Ok(d.clone());
         }
-    }
     // Network attempts stop at `deadline` (the caller's whole-operation deadline).
     let deadline = deadline.min(std::time::Instant::now() + std::time::Duration::from_secs(20));
     match crate::http::with_retries(deadline, 3, || fetch(http, base_url)) {
         Ok(d) => {
-            if let (Some(path), Some(dir)) = (&cache, cache_dir) {
-                if dir.is_dir() {
+            if let (Some(path), Some(dir)) = (&cache, cache_dir)
+                && dir.is_dir() {
                     let entry = CacheEntry {
                         base_url: base_url.to_string(),
                         fetched_at: now,
@@ -113,7 +112,6 @@ pub fn discover(
                         let _ = crate::store::fsutil::write_atomic(path, &text, 0o600, false);
                     }
                 }
-            }
             Ok(d)
         }
         Err(f) => match cached {

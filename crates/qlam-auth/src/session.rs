@@ -540,8 +540,8 @@ impl Renew for Minter<'_> {
         let ledger = ledger_path(&s.store.file);
         let now = s.ctx.now_unix();
         let used = Ledger::read(&ledger).map_err(RenewError::Other)?.count(now);
-        if let Some(budget) = p.m2m_monthly_budget {
-            if used >= budget {
+        if let Some(budget) = p.m2m_monthly_budget
+            && used >= budget {
                 return Err(RenewError::Other(
                     Error::new(
                         ErrorKind::Budget,
@@ -550,7 +550,6 @@ impl Renew for Minter<'_> {
                     .with_hint("cached tokens are still served; raise m2m_monthly_budget or wait for the next month"),
                 ));
             }
-        }
         let deadline = Instant::now() + s.settings.refresh_deadline;
         let net = s.net_until(deadline).map_err(RenewError::Other)?;
         let auth = s.client_auth(&net.discovery).map_err(RenewError::Other)?;

@@ -123,11 +123,6 @@ impl Idp {
     /// Binds `cfg.bind` (loopback only) and starts serving. A client key that does not
     /// parse for its algorithm is an `InvalidInput` error.
     pub fn start(cfg: IdpConfig) -> io::Result<Idp> {
-        // Exactly one jsonwebtoken backend is enabled; installing it explicitly keeps
-        // verification working should feature unification ever enable a second one.
-        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
-            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
-        );
         let keys = assertion::KeyRing::new(&cfg.clients)?;
         let listener = TcpListener::bind(&loopback_addrs(&cfg.bind)?[..])?;
         let addr = listener.local_addr()?;

@@ -158,15 +158,14 @@ fn ensure_dir_owned(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<
 /// Prepare `<stage_dir>` (root's, 0755) and `<stage_dir>/<uid>` (the user's, 0700).
 pub fn prepare_stage_root(stage_dir: &Path, user: &JobUser) -> Result<PathBuf> {
     let as_root = nix::unistd::geteuid().is_root();
-    if let Some(parent) = stage_dir.parent() {
-        if !parent.exists() {
+    if let Some(parent) = stage_dir.parent()
+        && !parent.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
                 .create(parent)
                 .map_err(|e| Error::store(format!("cannot create {}: {e}", parent.display())))?;
         }
-    }
     ensure_dir_owned(stage_dir, 0o755, None)?;
     let user_dir = stage_dir.join(user.uid.to_string());
     ensure_dir_owned(&user_dir, 0o700, as_root.then_some((user.uid, user.gid)))?;

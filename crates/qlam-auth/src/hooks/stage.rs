@@ -260,8 +260,8 @@ pub fn renew_loop(
 
 /// Stop the renewer (if it is ours and alive) and remove the job directory.
 pub fn unstage(paths: &StagePaths) -> Result<bool> {
-    if let Ok(text) = std::fs::read_to_string(&paths.renewer_pid_file) {
-        if let Ok(pid) = text.trim().parse::<i32>() {
+    if let Ok(text) = std::fs::read_to_string(&paths.renewer_pid_file)
+        && let Ok(pid) = text.trim().parse::<i32>() {
             let is_renewer = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains("renew-as-user"))
                 .unwrap_or(false);
@@ -272,7 +272,6 @@ pub fn unstage(paths: &StagePaths) -> Result<bool> {
                 );
             }
         }
-    }
     match std::fs::symlink_metadata(&paths.dir) {
         Ok(m) if m.file_type().is_dir() => {
             // remove_dir_all does not follow symlinks inside the tree.

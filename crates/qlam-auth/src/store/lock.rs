@@ -1108,6 +1108,18 @@ fn probe_lease(lock_path: &Path) -> std::result::Result<(), String> {
     result
 }
 
+/// One non-blocking OFD lock attempt on `path` (for `doctor`'s cross-process test):
+/// `Ok(Some(file))` taken (held until the file is dropped), `Ok(None)` held by someone else,
+/// `Err` when the filesystem refuses locks.
+pub fn try_ofd_once(path: &Path) -> std::result::Result<Option<File>, String> {
+    let file = open_lock_file(path).map_err(|e| e.message().to_string())?;
+    match ofd_try_lock(&file, None) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(format!("{e} ({})", e.desc())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1229,17 +1241,5 @@ mod tests {
             !is_stale(&other_host, &me, now),
             "a pid on another host proves nothing"
         );
-    }
-}
-
-/// One non-blocking OFD lock attempt on `path` (for `doctor`'s cross-process test):
-/// `Ok(Some(file))` taken (held until the file is dropped), `Ok(None)` held by someone else,
-/// `Err` when the filesystem refuses locks.
-pub fn try_ofd_once(path: &Path) -> std::result::Result<Option<File>, String> {
-    let file = open_lock_file(path).map_err(|e| e.message().to_string())?;
-    match ofd_try_lock(&file, None) {
-        Ok(true) => Ok(Some(file)),
-        Ok(false) => Ok(None),
-        Err(e) => Err(format!("{e} ({})", e.desc())),
     }
 }

@@ -284,8 +284,8 @@ pub fn ensure(
                 // 7. Rejected: if someone else rotated the token meanwhile (a lock that was
                 //    not coherent), use or retry with theirs; otherwise record "login required".
                 let again = store.read()?;
-                if let Some(a) = &again {
-                    if refresh_fp(Some(a)) != refresh_fp(base.as_ref()) {
+                if let Some(a) = &again
+                    && refresh_fp(Some(a)) != refresh_fp(base.as_ref()) {
                         if valid_now(a, ctx.now_unix()) && !opts.force {
                             return Ok(Ensured {
                                 file: a.clone(),
@@ -300,7 +300,6 @@ pub fn ensure(
                             continue;
                         }
                     }
-                }
                 let err = login_required(format!(
                     "the IdP rejected the refresh token: {}; the login has expired or was revoked",
                     f.describe()
