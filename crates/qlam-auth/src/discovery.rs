@@ -93,25 +93,28 @@ pub fn discover(
     let cache = cache_dir.map(|d| cache_path(d, base_url));
     let cached = cache.as_deref().and_then(|p| read_cache(p, base_url));
     if let Some((at, d)) = &cached
-        && now - at < CACHE_TTL_SECS && now >= *at {
-            return Ok(d.clone());
-        }
+        && now - at < CACHE_TTL_SECS
+        && now >= *at
+    {
+        return Ok(d.clone());
+    }
     // Network attempts stop at `deadline` (the caller's whole-operation deadline).
     let deadline = deadline.min(std::time::Instant::now() + std::time::Duration::from_secs(20));
     match crate::http::with_retries(deadline, 3, || fetch(http, base_url)) {
         Ok(d) => {
             if let (Some(path), Some(dir)) = (&cache, cache_dir)
-                && dir.is_dir() {
-                    let entry = CacheEntry {
-                        base_url: base_url.to_string(),
-                        fetched_at: now,
-                        discovery: d.clone(),
-                    };
-                    if let Ok(text) = serde_json::to_vec_pretty(&entry) {
-                        // Best effort: a cache that cannot be written costs one request next time.
-                        let _ = crate::store::fsutil::write_atomic(path, &text, 0o600, false);
-                    }
+                && dir.is_dir()
+            {
+                let entry = CacheEntry {
+                    base_url: base_url.to_string(),
+                    fetched_at: now,
+                    discovery: d.clone(),
+                };
+                if let Ok(text) = serde_json::to_vec_pretty(&entry) {
+                    // Best effort: a cache that cannot be written costs one request next time.
+                    let _ = crate::store::fsutil::write_atomic(path, &text, 0o600, false);
                 }
+            }
             Ok(d)
         }
         Err(f) => match cached {

@@ -95,6 +95,14 @@ impl EnvVars {
     pub const PBS_JOBID: &'static str = "PBS_JOBID";
     /// Torque/PBS: the job's walltime limit in seconds.
     pub const PBS_WALLTIME: &'static str = "PBS_WALLTIME";
+    /// Slurm: the number of nodes in the allocation.
+    pub const SLURM_JOB_NUM_NODES: &'static str = "SLURM_JOB_NUM_NODES";
+    /// Slurm: the number of nodes (older spelling).
+    pub const SLURM_NNODES: &'static str = "SLURM_NNODES";
+    /// Slurm: this task's rank within the step.
+    pub const SLURM_PROCID: &'static str = "SLURM_PROCID";
+    /// Set by sshd: the session came in over SSH (the browser login then hints at port forwarding).
+    pub const SSH_CONNECTION: &'static str = "SSH_CONNECTION";
     /// X11 display (a browser can be opened).
     pub const DISPLAY: &'static str = "DISPLAY";
     /// Wayland display (a browser can be opened).

@@ -541,15 +541,16 @@ impl Renew for Minter<'_> {
         let now = s.ctx.now_unix();
         let used = Ledger::read(&ledger).map_err(RenewError::Other)?.count(now);
         if let Some(budget) = p.m2m_monthly_budget
-            && used >= budget {
-                return Err(RenewError::Other(
+            && used >= budget
+        {
+            return Err(RenewError::Other(
                     Error::new(
                         ErrorKind::Budget,
                         format!("the M2M monthly budget is used up: {used} of {budget} mints this month (UTC)"),
                     )
                     .with_hint("cached tokens are still served; raise m2m_monthly_budget or wait for the next month"),
                 ));
-            }
+        }
         let deadline = Instant::now() + s.settings.refresh_deadline;
         let net = s.net_until(deadline).map_err(RenewError::Other)?;
         let auth = s.client_auth(&net.discovery).map_err(RenewError::Other)?;
@@ -560,6 +561,8 @@ impl Renew for Minter<'_> {
         // Count the mint before sending it: a crash may over-count by one, never under-count.
         Ledger::add(&ledger, now, 1).map_err(RenewError::Other)?;
         let (mut attempt, mut key_index, mut replays) = (0u32, 0usize, 0u32);
+        // Whether some attempt may have minted a token whose answer never arrived.
+        let mut maybe_minted = false;
         let result = loop {
             attempt += 1;
             let sent_at = s.ctx.now_unix();
@@ -580,10 +583,13 @@ impl Renew for Minter<'_> {
                 {
                     key_index += 1
                 }
-                Err(f) if f.is_transient() && attempt < 6 => match backoff(&f, attempt, deadline) {
-                    Some(wait) => std::thread::sleep(wait),
-                    None => break Err(f),
-                },
+                Err(f) if f.is_transient() && attempt < 6 => {
+                    maybe_minted |= matches!(f, Failure::Transport(_) | Failure::Malformed(_));
+                    match backoff(&f, attempt, deadline) {
+                        Some(wait) => std::thread::sleep(wait),
+                        None => break Err(f),
+                    }
+                }
                 Err(f) => break Err(f),
             }
         };
@@ -600,11 +606,13 @@ impl Renew for Minter<'_> {
                 Ok((tokens, sent_at))
             }
             Err(f) => {
-                // The IdP answered and issued nothing: give the reservation back.
-                if matches!(
-                    f,
-                    Failure::OAuth { .. } | Failure::Status(_) | Failure::RateLimited(_)
-                ) {
+                // The IdP answered every attempt and issued nothing: give the reservation back.
+                if !maybe_minted
+                    && matches!(
+                        f,
+                        Failure::OAuth { .. } | Failure::Status(_) | Failure::RateLimited(_)
+                    )
+                {
                     let _ = Ledger::add(&ledger, now, -1);
                 }
                 match f.kind() {

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qlam_auth::config::{self, Overrides};
+use qlam_auth::env_vars::EnvVars;
 use qlam_auth::flows::device::Quiet;
 use qlam_auth::session::{LoginObserver, Session};
 use qlam_auth::{Ctx, Error, Secret};
@@ -43,8 +44,8 @@ fn storm(
             .args(["token", "--min-ttl", min_ttl])
             .env_clear()
             .envs(env)
-            .env("SLURM_JOB_ID", "4242")
-            .env("SLURM_ARRAY_TASK_ID", i.to_string())
+            .env(EnvVars::SLURM_JOB_ID, "4242")
+            .env(EnvVars::SLURM_ARRAY_TASK_ID, i.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

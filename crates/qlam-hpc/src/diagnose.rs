@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use qlam_auth::config::Overrides;
 use qlam_auth::doctor::{self, DoctorOptions, Level};
+use qlam_auth::env_vars::EnvVars;
 use qlam_auth::session::Session;
 use qlam_auth::store::format::iso_unix;
 use qlam_auth::{Ctx, Error, ErrorKind};
@@ -83,11 +84,11 @@ pub(crate) fn doctor(
 /// `doctor --nodes`: run the cross-node lock test on two nodes of the current allocation.
 fn nodes_test(cli: &Cli, ctx: &Ctx) -> Result<(bool, String), Error> {
     let nodes: u32 = ctx
-        .var("SLURM_JOB_NUM_NODES")
-        .or(ctx.var("SLURM_NNODES"))
+        .var(EnvVars::SLURM_JOB_NUM_NODES)
+        .or(ctx.var(EnvVars::SLURM_NNODES))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    if ctx.var("SLURM_JOB_ID").is_none() || nodes < 2 {
+    if ctx.var(EnvVars::SLURM_JOB_ID).is_none() || nodes < 2 {
         return Err(Error::new(
             ErrorKind::Usage,
             "`doctor --nodes` must run inside a Slurm allocation of 2 or more nodes",

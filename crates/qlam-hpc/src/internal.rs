@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use qlam_auth::doctor;
+use qlam_auth::env_vars::EnvVars;
 use qlam_auth::{Ctx, Error, ErrorKind};
 
 use crate::cli::HookArgs;
@@ -62,7 +63,7 @@ fn step(args: &[String], ctx: Ctx, printer: &Printer) -> Result<i32, Error> {
                 .first()
                 .ok_or_else(|| Error::new(ErrorKind::Usage, "node-lock-test PATH"))?;
             let procid = ctx
-                .var("SLURM_PROCID")
+                .var(EnvVars::SLURM_PROCID)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             match doctor::node_lock_test(Path::new(path), procid) {

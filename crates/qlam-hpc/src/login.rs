@@ -80,12 +80,13 @@ impl LoginObserver for Observer<'_> {
         ));
         if let Some(complete) = &auth.verification_uri_complete {
             text.push_str(&format!("(or open {complete} directly)\n"));
-            if !self.no_qr && !self.printer.json {
-                if let Some(q) = qr(complete) {
-                    text.push_str("\nOr scan this QR code with a phone:\n");
-                    text.push_str(&q);
-                    text.push('\n');
-                }
+            if !self.no_qr
+                && !self.printer.json
+                && let Some(q) = qr(complete)
+            {
+                text.push_str("\nOr scan this QR code with a phone:\n");
+                text.push_str(&q);
+                text.push('\n');
             }
         }
         self.printer.notice(&text);
@@ -176,7 +177,7 @@ fn browser_login(session: &Session, opts: &LoginOptions, printer: &Printer) -> R
         } else {
             format!("To log in, open this URL in a browser on this machine:\n{url}\n")
         };
-        if session.ctx.var("SSH_CONNECTION").is_some() || !opened {
+        if session.ctx.var(EnvVars::SSH_CONNECTION).is_some() || !opened {
             text.push_str(&format!(
                 "\nOver SSH, forward the redirect port first (ssh -L {port}:localhost:{port} <this host>), \
                  or use `qlam-hpc login --device`.\n"

@@ -94,7 +94,10 @@ fn pem_block(pem: &str, label: &str) -> Option<Vec<u8>> {
     let end = format!("-----END {label}-----");
     let start = pem.find(&begin)? + begin.len();
     let stop = start + pem[start..].find(&end)?;
-    let b64: String = pem[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
+    let b64: String = pem[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
@@ -109,16 +112,27 @@ fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), &rest[n..])
+        (
+            rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | *b as usize),
+            &rest[n..],
+        )
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// The subjectPublicKey bits of an SPKI structure.
 fn spki_key(der: &[u8]) -> Option<Vec<u8>> {
-    let (0x30, spki, _) = der_element(der)? else { return None };
-    let (0x30, _algorithm, rest) = der_element(spki)? else { return None };
-    let (0x03, bits, _) = der_element(rest)? else { return None };
+    let (0x30, spki, _) = der_element(der)? else {
+        return None;
+    };
+    let (0x30, _algorithm, rest) = der_element(spki)? else {
+        return None;
+    };
+    let (0x03, bits, _) = der_element(rest)? else {
+        return None;
+    };
     let (&unused, key) = bits.split_first()?;
     (unused == 0).then(|| key.to_vec())
 }
@@ -349,7 +363,10 @@ fn check(
         ));
     }
     let mut parts = assertion.rsplitn(2, '.');
-    let (sig_b64, signing_input) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (sig_b64, signing_input) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let Ok(sig) = URL_SAFE_NO_PAD.decode(sig_b64.trim_end_matches('=')) else {
         return Err("the signature is not base64url".into());
     };
@@ -429,16 +446,18 @@ fn check_claims(
         ));
     }
     if let Some(iat) = numeric_date(claims, "iat")?
-        && iat > now + CLOCK_SKEW_SECS {
-            return Err(format!("iat is {} s in the future", iat - now));
-        }
+        && iat > now + CLOCK_SKEW_SECS
+    {
+        return Err(format!("iat is {} s in the future", iat - now));
+    }
     if let Some(nbf) = numeric_date(claims, "nbf")?
-        && nbf > now + CLOCK_SKEW_SECS {
-            return Err(format!(
-                "the assertion is not valid for another {} s (nbf)",
-                nbf - now
-            ));
-        }
+        && nbf > now + CLOCK_SKEW_SECS
+    {
+        return Err(format!(
+            "the assertion is not valid for another {} s (nbf)",
+            nbf - now
+        ));
+    }
     let jti = match claims.get("jti") {
         Some(Value::String(j)) if !j.is_empty() => j.clone(),
         Some(_) => return Err("jti must be a non-empty string".into()),

@@ -70,7 +70,11 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("path", &self.path).field("alg", &self.alg).field("kid", &self.kid).finish()
+        f.debug_struct("SigningKey")
+            .field("path", &self.path)
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish()
     }
 }
 
@@ -81,7 +85,9 @@ pub fn parse_alg(name: &str) -> Result<Algorithm> {
         "RS384" => Ok(Algorithm::RS384),
         "PS256" => Ok(Algorithm::PS256),
         "ES256" => Ok(Algorithm::ES256),
-        other => Err(Error::config(format!("private_key_alg {other:?} is not one of RS256, RS384, PS256, ES256"))),
+        other => Err(Error::config(format!(
+            "private_key_alg {other:?} is not one of RS256, RS384, PS256, ES256"
+        ))),
     }
 }
 
@@ -92,37 +98,67 @@ fn b64(bytes: &[u8]) -> String {
 impl SigningKey {
     /// Load a PEM key (PKCS#8, or PKCS#1 for RSA) that must be private to `uid`.
     pub fn load(path: &Path, alg: Algorithm, kid: Option<String>, uid: u32) -> Result<SigningKey> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| Error::config(format!("cannot read private key {}: {e}", path.display())))?;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            Error::config(format!("cannot read private key {}: {e}", path.display()))
+        })?;
         if meta.mode() & 0o077 != 0 || meta.uid() != uid {
             crate::store::fsutil::check_private(path, &meta, uid)?;
         }
-        let pem = std::fs::read(path)
-            .map_err(|e| Error::config(format!("cannot read private key {}: {e}", path.display())))?;
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::config(format!("cannot read private key {}: {e}", path.display()))
+        })?;
         let unusable = |why: String| {
-            Error::config(format!("{} is not a usable {} private key: {why}", path.display(), alg.name()))
-                .with_hint("use a PEM private key in PKCS#8 (or PKCS#1 for RSA) that matches private_key_alg")
+            Error::config(format!(
+                "{} is not a usable {} private key: {why}",
+                path.display(),
+                alg.name()
+            ))
+            .with_hint(
+                "use a PEM private key in PKCS#8 (or PKCS#1 for RSA) that matches private_key_alg",
+            )
         };
-        let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| unusable(format!("no PEM private key ({e})")))?;
+        let der = PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|e| unusable(format!("no PEM private key ({e})")))?;
         let key = match (alg, &der) {
             (Algorithm::ES256, PrivateKeyDer::Sec1(_)) => {
-                return Err(Error::config(format!("{} is a SEC1 EC key; ES256 needs PKCS#8", path.display()))
-                    .with_hint(format!("convert it: openssl pkcs8 -topk8 -nocrypt -in {0} -out {0}.pk8", path.display())));
+                return Err(Error::config(format!(
+                    "{} is a SEC1 EC key; ES256 needs PKCS#8",
+                    path.display()
+                ))
+                .with_hint(format!(
+                    "convert it: openssl pkcs8 -topk8 -nocrypt -in {0} -out {0}.pk8",
+                    path.display()
+                )));
             }
             (Algorithm::ES256, PrivateKeyDer::Pkcs8(k)) => KeyPair::Ecdsa(
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, k.secret_pkcs8_der(), &SystemRandom::new())
-                    .map_err(|e| unusable(format!("not a P-256 key ({e})")))?,
+                EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    k.secret_pkcs8_der(),
+                    &SystemRandom::new(),
+                )
+                .map_err(|e| unusable(format!("not a P-256 key ({e})")))?,
             ),
             (_, PrivateKeyDer::Pkcs8(k)) => KeyPair::Rsa(
-                RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()).map_err(|e| unusable(format!("not an RSA key ({e})")))?,
+                RsaKeyPair::from_pkcs8(k.secret_pkcs8_der())
+                    .map_err(|e| unusable(format!("not an RSA key ({e})")))?,
             ),
             (Algorithm::ES256, _) => return Err(unusable("an RSA key cannot sign ES256".into())),
             (_, PrivateKeyDer::Pkcs1(k)) => KeyPair::Rsa(
-                RsaKeyPair::from_der(k.secret_pkcs1_der()).map_err(|e| unusable(format!("not an RSA key ({e})")))?,
+                RsaKeyPair::from_der(k.secret_pkcs1_der())
+                    .map_err(|e| unusable(format!("not an RSA key ({e})")))?,
             ),
-            (_, _) => return Err(unusable("an EC key cannot sign RS256, RS384 or PS256".into())),
+            (_, _) => {
+                return Err(unusable(
+                    "an EC key cannot sign RS256, RS384 or PS256".into(),
+                ));
+            }
         };
-        Ok(SigningKey { path: path.to_path_buf(), alg, kid, key })
+        Ok(SigningKey {
+            path: path.to_path_buf(),
+            alg,
+            kid,
+            key,
+        })
     }
 
     /// A fresh client assertion for `client_id` with audience `aud`, issued at `now`.
@@ -141,10 +177,17 @@ impl SigningKey {
             "nbf": now.saturating_sub(5),
             "exp": now + 60,
         });
-        let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         let rng = SystemRandom::new();
         let failed = |e: ring::error::Unspecified| {
-            Error::internal(format!("signing the client assertion with {}: {e}", self.path.display()))
+            Error::internal(format!(
+                "signing the client assertion with {}: {e}",
+                self.path.display()
+            ))
         };
         let sig = match &self.key {
             KeyPair::Rsa(k) => {
@@ -154,10 +197,15 @@ impl SigningKey {
                     _ => &signature::RSA_PKCS1_SHA256,
                 };
                 let mut sig = vec![0u8; k.public().modulus_len()];
-                k.sign(padding, &rng, signing_input.as_bytes(), &mut sig).map_err(failed)?;
+                k.sign(padding, &rng, signing_input.as_bytes(), &mut sig)
+                    .map_err(failed)?;
                 sig
             }
-            KeyPair::Ecdsa(k) => k.sign(&rng, signing_input.as_bytes()).map_err(failed)?.as_ref().to_vec(),
+            KeyPair::Ecdsa(k) => k
+                .sign(&rng, signing_input.as_bytes())
+                .map_err(failed)?
+                .as_ref()
+                .to_vec(),
         };
         Ok(Secret::new(format!("{signing_input}.{}", b64(&sig))))
     }

@@ -159,13 +159,14 @@ fn ensure_dir_owned(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<
 pub fn prepare_stage_root(stage_dir: &Path, user: &JobUser) -> Result<PathBuf> {
     let as_root = nix::unistd::geteuid().is_root();
     if let Some(parent) = stage_dir.parent()
-        && !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(|e| Error::store(format!("cannot create {}: {e}", parent.display())))?;
-        }
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| Error::store(format!("cannot create {}: {e}", parent.display())))?;
+    }
     ensure_dir_owned(stage_dir, 0o755, None)?;
     let user_dir = stage_dir.join(user.uid.to_string());
     ensure_dir_owned(&user_dir, 0o700, as_root.then_some((user.uid, user.gid)))?;
@@ -275,7 +276,6 @@ pub fn epilog(ctx: &Ctx, hooks: &HookSettings, exe: &Path) -> Result<HookOutcome
         return Ok(HookOutcome::Skipped("nothing staged".into()));
     }
     let outcome = run_user_side(ctx, exe, "unstage-as-user", &job, &user, None)?;
-    // Empty per-user directories are removed; rmdir never follows a symlink.
     // <stage_dir>/<uid> stays: another job's Prolog of the same user may be using it.
     Ok(outcome)
 }
@@ -305,8 +305,8 @@ pub fn task_prolog_lines(ctx: &Ctx, hooks: &HookSettings) -> Result<Vec<String>>
 }
 
 /// Seconds left in the batch job this process runs in, when the scheduler tells: Slurm's
-/// end time (see [`slurm_job_end`]); PBS/Torque's `PBS_WALLTIME` (seconds) counted from the
-/// job's start, or `qstat -f` walltime limit minus walltime used. `None` outside a job or
+/// end time (see [`slurm_job_end`]); PBS/Torque's `qstat -f` walltime limit minus walltime
+/// used, or, without `qstat`, the whole `PBS_WALLTIME` (seconds). `None` outside a job or
 /// when unknown.
 pub fn job_remaining(ctx: &Ctx) -> Option<f64> {
     let now = ctx.now_unix();

@@ -261,17 +261,18 @@ pub fn renew_loop(
 /// Stop the renewer (if it is ours and alive) and remove the job directory.
 pub fn unstage(paths: &StagePaths) -> Result<bool> {
     if let Ok(text) = std::fs::read_to_string(&paths.renewer_pid_file)
-        && let Ok(pid) = text.trim().parse::<i32>() {
-            let is_renewer = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("renew-as-user"))
-                .unwrap_or(false);
-            if pid > 1 && is_renewer {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
+        && let Ok(pid) = text.trim().parse::<i32>()
+    {
+        let is_renewer = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("renew-as-user"))
+            .unwrap_or(false);
+        if pid > 1 && is_renewer {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
+    }
     match std::fs::symlink_metadata(&paths.dir) {
         Ok(m) if m.file_type().is_dir() => {
             // remove_dir_all does not follow symlinks inside the tree.

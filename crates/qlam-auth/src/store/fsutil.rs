@@ -83,10 +83,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<
         }
         drop(f);
         fs::rename(&tmp, path)?;
-        if sync
-            && let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
+        if sync && let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
         Ok::<(), std::io::Error>(())
     })();
     if let Err(e) = result {

@@ -285,21 +285,22 @@ pub fn ensure(
                 //    not coherent), use or retry with theirs; otherwise record "login required".
                 let again = store.read()?;
                 if let Some(a) = &again
-                    && refresh_fp(Some(a)) != refresh_fp(base.as_ref()) {
-                        if valid_now(a, ctx.now_unix()) && !opts.force {
-                            return Ok(Ensured {
-                                file: a.clone(),
-                                source: Source::RenewedByOther,
-                                warning: None,
-                                failure: None,
-                            });
-                        }
-                        if !retried_after_rotation {
-                            retried_after_rotation = true;
-                            base = again;
-                            continue;
-                        }
+                    && refresh_fp(Some(a)) != refresh_fp(base.as_ref())
+                {
+                    if valid_now(a, ctx.now_unix()) && !opts.force {
+                        return Ok(Ensured {
+                            file: a.clone(),
+                            source: Source::RenewedByOther,
+                            warning: None,
+                            failure: None,
+                        });
                     }
+                    if !retried_after_rotation {
+                        retried_after_rotation = true;
+                        base = again;
+                        continue;
+                    }
+                }
                 let err = login_required(format!(
                     "the IdP rejected the refresh token: {}; the login has expired or was revoked",
                     f.describe()
