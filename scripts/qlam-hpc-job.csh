@@ -2,8 +2,9 @@
 #
 #     source /opt/qlam-hpc/share/qlam-hpc/qlam-hpc-job.csh
 #
-# When no token can be had (e.g. the user must log in again) it says so and ends the job
-# script with status 41 (it replaces the shell, so source it from job scripts only).
+# When no token can be had it says so and ends the job script with qlam-hpc's exit status
+# (41 when the user must log in again). It replaces the shell to do that, so source it from
+# job scripts only.
 # It exports QLAM_ACCESS_TOKEN and QLAM_TOKEN_EXPIRES_AT for the rest of the job and defines
 # the alias `qlam_token`, which prints a valid token at any later point of a long job. A
 # token staged by the site's scheduler hooks (QLAM_ACCESS_TOKEN_FILE) is used when present.
@@ -12,6 +13,21 @@ if ( $?QLAM_HPC_BIN ) then
     set _qlam_hpc_bin = "$QLAM_HPC_BIN"
 else
     set _qlam_hpc_bin = qlam-hpc
+endif
+
+# Torque cannot set a job's environment: its prologue stages at a well-known path.
+if ( ! $?QLAM_ACCESS_TOKEN_FILE && $?PBS_JOBID ) then
+    if ( $?QLAM_HPC_STAGE_DIR ) then
+        set _qlam_hpc_torque = "$QLAM_HPC_STAGE_DIR"
+    else
+        set _qlam_hpc_torque = /run/qlam-hpc
+    endif
+    set _qlam_hpc_torque = "$_qlam_hpc_torque/`id -u`/${PBS_JOBID}-`hostname -s`"
+    if ( -r "$_qlam_hpc_torque/access_token" ) then
+        setenv QSH_CONFIG_DIR "$_qlam_hpc_torque"
+        setenv QLAM_ACCESS_TOKEN_FILE "$_qlam_hpc_torque/access_token"
+    endif
+    unset _qlam_hpc_torque
 endif
 
 set _qlam_hpc_staged = 0
@@ -28,12 +44,16 @@ if ( $_qlam_hpc_staged ) then
 else
     alias qlam_token "$_qlam_hpc_bin token --min-ttl 5m"
     set _qlam_hpc_env = "`$_qlam_hpc_bin env --shell csh --min-ttl job`"
-    if ( $status != 0 || "$_qlam_hpc_env" == "" ) then
-        echo "qlam-hpc-job.csh: no QLAM token for this job; if you must log in again, run qlam-hpc login on a login node." > /dev/stderr
+    set _qlam_hpc_rc = $status
+    if ( $_qlam_hpc_rc == 0 && "$_qlam_hpc_env" == "" ) set _qlam_hpc_rc = 99
+    if ( $_qlam_hpc_rc != 0 ) then
+        echo "qlam-hpc-job.csh: no QLAM token for this job (qlam-hpc exit $_qlam_hpc_rc)." > /dev/stderr
+        if ( $_qlam_hpc_rc == 41 ) echo "qlam-hpc-job.csh: log in again with qlam-hpc login on a login node, then resubmit." > /dev/stderr
         # `exit` in a sourced file leaves only that file in tcsh: replace the job's shell
-        # instead, so the job ends with status 41.
-        exec /bin/sh -c 'exit 41'
+        # instead, so the job ends with qlam-hpc's status.
+        exec /bin/sh -c "exit $_qlam_hpc_rc"
     endif
+    unset _qlam_hpc_rc
     eval "$_qlam_hpc_env"
     unset _qlam_hpc_env
 endif
