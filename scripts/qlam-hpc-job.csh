@@ -47,8 +47,8 @@ else
     set _qlam_hpc_rc = $status
     if ( $_qlam_hpc_rc == 0 && "$_qlam_hpc_env" == "" ) set _qlam_hpc_rc = 99
     if ( $_qlam_hpc_rc != 0 ) then
-        echo "qlam-hpc-job.csh: no QLAM token for this job (qlam-hpc exit $_qlam_hpc_rc)." > /dev/stderr
-        if ( $_qlam_hpc_rc == 41 ) echo "qlam-hpc-job.csh: log in again with qlam-hpc login on a login node, then resubmit." > /dev/stderr
+        echo "qlam-hpc-job.csh: no QLAM token for this job (qlam-hpc exit $_qlam_hpc_rc)." >> /dev/stderr
+        if ( $_qlam_hpc_rc == 41 ) echo "qlam-hpc-job.csh: log in again with qlam-hpc login on a login node, then resubmit." >> /dev/stderr
         # `exit` in a sourced file leaves only that file in tcsh: replace the job's shell
         # instead, so the job ends with qlam-hpc's status.
         exec /bin/sh -c "exit $_qlam_hpc_rc"

@@ -12,8 +12,6 @@ hooks stage.
   nothing; neither drains a node.
 - Regressions: the renewer does not spin with tokens shorter than a minute; a job ending
   on a node does not remove what another job's Prolog just prepared there.
-- Known bug (xfail, strict): the first Prologs of a user on a node, starting together, race
-  to create the user's stage directory.
 
 Each test sets the scripts it needs and the QLAM state of the users' homes it relies on
 (qlam_slurm_helpers.py has the installation, the providers and the helpers).
@@ -34,7 +32,7 @@ import pytest
 from qlam_slurm_helpers import (  # noqa: F401  (fixtures are used by name)
     LONG_TTL, SHORT_TTL, STORE_NAME, age_token, build_slow_chown, cancel_jobs, cpu_seconds,
     files_under, job_python, login, make_user_dir, oidc_long, oidc_short, outputs,
-    prepare_stage_dirs, qlam_install, qsh_dir,
+    qlam_install, qsh_dir,
     read_token_file, renewers, reset_qlam_home, running, scrub_tokens, sha16, started_at,
     store_path, store_tokens, token_left, user_processes, wait_gone,
 )
@@ -115,7 +113,6 @@ def test_array_of_200_tasks_shares_one_refresh(slurm_cluster, slurm_user, qlam_i
 
     # Not what this test is about: 200 Prologs at once race to create the stage directories
     # (test_concurrent_prologs_of_a_user_all_stage), so they are made first.
-    prepare_stage_dirs(inst, user)
     before = server.counters()
     started = time.monotonic()
     job = cluster.submit(script, f"--array=0-{ARRAY_SIZE - 1}", "--time=15", "-o", "out.%a",
@@ -411,13 +408,6 @@ class MissingStagedToken(AssertionError):
     """The product bug below, as opposed to any other failure of the test."""
 
 
-@pytest.mark.xfail(strict=True, raises=MissingStagedToken, reason=(
-    "bug: prepare_stage_root (crates/qlam-auth/src/hooks/slurm.rs) creates <stage_dir>/<uid> "
-    "with mkdir, then chmod, then lchown to the user; a concurrent Prolog of the same user "
-    "(array tasks starting together on a node) that looks in between finds it owned by root "
-    "and gives up ('<stage_dir>/<uid> is owned by uid 0, expected <uid>'), or fails mkdir "
-    "with EEXIST: that job runs without a staged token and without the hint. Seen in ~1 of 4 "
-    "runs of a plain 200-task array; a slowed-down lchown (LD_PRELOAD) makes it certain"))
 def test_concurrent_prologs_of_a_user_all_stage(slurm_cluster, slurm_user, qlam_install,
                                                 oidc_long, cancel_jobs):
     cluster, user, inst, server = slurm_cluster, slurm_user, qlam_install, oidc_long

@@ -144,15 +144,9 @@ def test_job_script_gives_a_logged_in_user_a_token(shell, no_hooks, logged_in, q
     assert "qlam-hpc" not in text.replace("after-source", "")  # no warning, no hint
 
 
-CSH_TRUNCATES_OUTPUT = pytest.mark.xfail(strict=True, reason=(
-    "bug: scripts/qlam-hpc-job.csh writes its messages with `echo ... > /dev/stderr`; in a "
-    "batch job stderr is the output file, and `>` reopens it with O_TRUNC, so each message "
-    "erases everything the job printed before: qlam-hpc's own error and the first line "
-    "('no QLAM token for this job (qlam-hpc exit 41).') are lost, only the last line stays "
-    "(`>> /dev/stderr` appends instead)"))
 
 
-@pytest.mark.parametrize("shell", ["sh", "bash", pytest.param("tcsh", marks=CSH_TRUNCATES_OUTPUT)])
+@pytest.mark.parametrize("shell", ["sh", "bash", "tcsh"])
 def test_job_script_stops_a_job_whose_user_must_log_in(shell, no_hooks, must_log_in,
                                                        qlam_install, oidc_long, cancel_jobs):
     cluster, user, inst = no_hooks, must_log_in, qlam_install

@@ -1,6 +1,13 @@
 //! The `qlam-hpc` binary: parses the command line, builds the process context, calls
 //! qlam-auth, renders the result and maps errors to DESIGN §8's exit codes. All logic lives
 //! in the library; this crate stays thin.
+//!
+//! `main` is the C entry point (`no_main`): std's start-up routine would otherwise read
+//! `/proc/self/maps` to set up a stack guard on every run, a large share of the cost of a
+//! cached `qlam-hpc token`. Arguments and environment still come from std (glibc hands them
+//! over through `.init_array`); a stack overflow then ends with SIGSEGV instead of a message.
+
+#![no_main]
 
 mod cli;
 mod commands;
@@ -20,7 +27,14 @@ use qlam_auth::{Ctx, Error, ErrorKind};
 use crate::cli::{Cli, Command, Output};
 use crate::output::Printer;
 
-fn main() {
+#[allow(unsafe_code)]
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    real_main();
+    0
+}
+
+fn real_main() {
     // The hooks' and doctor's internal steps are not part of the command line users see.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(qlam_auth::hooks::INTERNAL_CMD) {

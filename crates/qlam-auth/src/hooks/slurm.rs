@@ -122,37 +122,77 @@ pub fn slurm_job_end(ctx: &Ctx, job_id: &str) -> Option<f64> {
 /// Create `dir` if missing with `mode`, refusing symlinks and anything not owned by `owner`.
 fn ensure_dir_owned(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
     match std::fs::symlink_metadata(dir) {
-        Ok(meta) => {
-            if !meta.file_type().is_dir() {
-                return Err(Error::store(format!(
-                    "{} is not a directory (symlinks are refused)",
-                    dir.display()
-                )));
-            }
-            let want_uid = owner.map_or_else(|| nix::unistd::geteuid().as_raw(), |o| o.0);
-            if meta.uid() != want_uid {
-                return Err(Error::store(format!(
-                    "{} is owned by uid {}, expected {want_uid}",
-                    dir.display(),
-                    meta.uid()
-                )));
-            }
-            Ok(())
-        }
+        Ok(meta) => check_dir_owned(dir, &meta, owner),
         Err(_) => {
+            // Build the directory complete (mode, owner) under a temporary name, then move it
+            // into place without replacing anything: a concurrent hook sees either nothing or
+            // the finished directory, never a root-owned one half-way through.
+            let parent = dir.parent().unwrap_or(Path::new("/"));
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+            let tmp = parent.join(format!(
+                ".{name}.tmp.{}.{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
             std::fs::DirBuilder::new()
                 .mode(mode)
-                .create(dir)
-                .map_err(|e| Error::store(format!("cannot create {}: {e}", dir.display())))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| Error::store(format!("cannot chmod {}: {e}", dir.display())))?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
-                    .map_err(|e| Error::store(format!("cannot chown {}: {e}", dir.display())))?;
+                .create(&tmp)
+                .map_err(|e| Error::store(format!("cannot create {}: {e}", tmp.display())))?;
+            let built = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::store(format!("cannot chmod {}: {e}", tmp.display())))
+                .and_then(|()| match owner {
+                    Some((uid, gid)) => std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid))
+                        .map_err(|e| Error::store(format!("cannot chown {}: {e}", tmp.display()))),
+                    None => Ok(()),
+                });
+            if let Err(e) = built {
+                let _ = std::fs::remove_dir(&tmp);
+                return Err(e);
             }
-            Ok(())
+            let moved = nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &tmp,
+                nix::fcntl::AT_FDCWD,
+                dir,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            );
+            match moved {
+                Ok(()) => Ok(()),
+                Err(nix::errno::Errno::EEXIST) => {
+                    // Another hook won the race: use its directory.
+                    let _ = std::fs::remove_dir(&tmp);
+                    let meta = std::fs::symlink_metadata(dir)
+                        .map_err(|e| Error::store(format!("cannot stat {}: {e}", dir.display())))?;
+                    check_dir_owned(dir, &meta, owner)
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&tmp);
+                    Err(Error::store(format!(
+                        "cannot create {}: {e}",
+                        dir.display()
+                    )))
+                }
+            }
         }
     }
+}
+
+fn check_dir_owned(dir: &Path, meta: &std::fs::Metadata, owner: Option<(u32, u32)>) -> Result<()> {
+    if !meta.file_type().is_dir() {
+        return Err(Error::store(format!(
+            "{} is not a directory (symlinks are refused)",
+            dir.display()
+        )));
+    }
+    let want_uid = owner.map_or_else(|| nix::unistd::geteuid().as_raw(), |o| o.0);
+    if meta.uid() != want_uid {
+        return Err(Error::store(format!(
+            "{} is owned by uid {}, expected {want_uid}",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
 }
 
 /// Prepare `<stage_dir>` (root's, 0755) and `<stage_dir>/<uid>` (the user's, 0700).
