@@ -7,7 +7,7 @@
 //! cached `qlam-hpc token`. Arguments and environment still come from std (glibc hands them
 //! over through `.init_array`); a stack overflow then ends with SIGSEGV instead of a message.
 
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 mod cli;
 mod commands;
@@ -27,6 +27,7 @@ use qlam_auth::{Ctx, Error, ErrorKind};
 use crate::cli::{Cli, Command, Output};
 use crate::output::Printer;
 
+#[cfg(not(test))]
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
@@ -34,6 +35,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
     0
 }
 
+#[cfg_attr(test, allow(dead_code))]
 fn real_main() {
     // The hooks' and doctor's internal steps are not part of the command line users see.
     let argv: Vec<String> = std::env::args().collect();
