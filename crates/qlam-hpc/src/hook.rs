@@ -222,6 +222,18 @@ pub(crate) fn unstage_as_user(ctx: Ctx, args: &HookArgs, printer: &Printer) -> R
     Ok(0)
 }
 
+/// `--job` and `--user`, which every PBS hook needs.
+fn pbs_job_and_user(args: &HookArgs) -> Result<(String, String), Error> {
+    let required = |v: &Option<String>, flag: &str| {
+        v.clone()
+            .ok_or_else(|| Error::new(ErrorKind::Usage, format!("{flag} is required")))
+    };
+    Ok((
+        required(&args.job, "--job")?,
+        required(&args.user, "--user")?,
+    ))
+}
+
 /// Run hook `name`.
 pub(crate) fn run(
     name: HookName,
@@ -268,14 +280,7 @@ pub(crate) fn run(
             Ok(0)
         }
         HookName::PbsPrologue | HookName::PbsEpilogue => {
-            let job_id = args
-                .job
-                .clone()
-                .ok_or_else(|| Error::new(ErrorKind::Usage, "--job is required"))?;
-            let user = args
-                .user
-                .clone()
-                .ok_or_else(|| Error::new(ErrorKind::Usage, "--user is required"))?;
+            let (job_id, user) = pbs_job_and_user(args)?;
             let end = match &args.walltime {
                 Some(w) => Some(
                     ctx.now_unix()
@@ -313,14 +318,7 @@ pub(crate) fn run(
             ))
         }
         HookName::PbsLaunch => {
-            let job_id = args
-                .job
-                .clone()
-                .ok_or_else(|| Error::new(ErrorKind::Usage, "--job is required"))?;
-            let user = args
-                .user
-                .clone()
-                .ok_or_else(|| Error::new(ErrorKind::Usage, "--user is required"))?;
+            let (job_id, user) = pbs_job_and_user(args)?;
             let lines = config::load_hook_settings(&ctx).and_then(|h| {
                 let (job, _) = pbs::job(&ctx, &job_id, &user, args.node.as_deref())?;
                 pbs::launch_env(&h, &job)
