@@ -363,6 +363,12 @@ class Hpc:
                 elif p.poll() is not None:
                     break
             p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            # The last event may have been written just before the process exited, after the
+            # last select: read what is left.
+            buf += p.stdout.read()
+            for line in buf.split(b"\n"):
+                if line.strip():
+                    events.append(json.loads(line))
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=5)
