@@ -177,7 +177,6 @@ impl Session {
         let opts = EnsureOptions {
             min_ttl,
             force,
-            lock: self.lock_options(),
             failure_window: Duration::from_secs(30),
         };
         if self.settings.provider.is_m2m() {
@@ -453,6 +452,10 @@ impl Renew for Refresher<'_> {
     fn can_start_empty(&self) -> bool {
         false
     }
+
+    fn lock_options(&self) -> LockOptions {
+        self.session.lock_options()
+    }
 }
 
 impl Session {
@@ -631,5 +634,9 @@ impl Renew for Minter<'_> {
 
     fn can_start_empty(&self) -> bool {
         true
+    }
+
+    fn lock_options(&self) -> LockOptions {
+        self.session.lock_options()
     }
 }

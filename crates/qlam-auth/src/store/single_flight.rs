@@ -40,6 +40,9 @@ pub trait Renew {
     fn grant(&self) -> &'static str;
     /// Whether no stored file is acceptable (M2M mints from nothing; users must log in).
     fn can_start_empty(&self) -> bool;
+    /// Lock settings, asked for only when the lock is needed (step 2), so that the hot path
+    /// does not pay for gathering them.
+    fn lock_options(&self) -> LockOptions;
 }
 
 /// How to run [`ensure`].
@@ -50,8 +53,6 @@ pub struct EnsureOptions {
     /// Renew even if the token is fresh (`refresh --force`); failures are then errors even
     /// while the old token is still valid.
     pub force: bool,
-    /// Lock settings.
-    pub lock: LockOptions,
     /// How long a recorded transient failure is reused instead of calling the IdP again.
     pub failure_window: Duration,
 }
@@ -192,7 +193,7 @@ pub fn ensure(
 
     // 2. Node-local lock, then the shared lock (bounded by lock_timeout).
     store.ensure_dir()?;
-    let guard = match lock::acquire(&store.lock_file, &opts.lock) {
+    let guard = match lock::acquire(&store.lock_file, &renew.lock_options()) {
         Ok(g) => g,
         // A busy or stuck lock must not fail a job whose token is still valid.
         Err(e) if e.kind() == ErrorKind::LockTimeout => {
