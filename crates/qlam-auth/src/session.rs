@@ -6,7 +6,7 @@ use std::cell::{OnceCell, RefCell};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use crate::config::{GrantType, Settings};
+use crate::config::Settings;
 use crate::context::Ctx;
 use crate::discovery::{self, Discovery};
 use crate::error::{Error, ErrorKind, Result};
@@ -378,14 +378,6 @@ impl Session {
     /// Whether this process runs inside a batch job (`SLURM_JOB_ID` or `PBS_JOBID`).
     pub fn in_batch_job(&self) -> bool {
         self.ctx.job_id().is_some()
-    }
-
-    /// The configured grant, or device code when none is set.
-    pub fn login_grant(&self) -> GrantType {
-        self.settings
-            .provider
-            .grant_type
-            .unwrap_or(GrantType::DeviceCode)
     }
 }
 

@@ -13,7 +13,7 @@ use sha2::Digest;
 use crate::config::Provider;
 use crate::discovery::Discovery;
 use crate::error::{Error, ErrorKind, Result};
-use crate::flows::{TokenResponse, push_audience};
+use crate::flows::TokenResponse;
 use crate::http::{HttpClient, with_retries};
 use crate::secret::Secret;
 
@@ -221,7 +221,6 @@ pub fn exchange(
         ("client_id", provider.client_id.as_str()),
         ("code_verifier", req.verifier.expose()),
     ];
-    push_audience(&mut form, &None);
     if let Some(s) = client_secret {
         form.push(("client_secret", s.expose()));
     }

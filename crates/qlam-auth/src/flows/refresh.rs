@@ -4,7 +4,7 @@
 
 use crate::config::Provider;
 use crate::discovery::Discovery;
-use crate::flows::{TokenResponse, push_audience};
+use crate::flows::TokenResponse;
 use crate::http::{Failure, HttpClient};
 use crate::secret::Secret;
 
@@ -24,7 +24,6 @@ pub fn refresh(
     if let Some(t) = &provider.tenant {
         form.push(("organization", t.as_str()));
     }
-    push_audience(&mut form, &None);
     if let Some(s) = client_secret {
         form.push(("client_secret", s.expose()));
     }
